@@ -1,0 +1,1 @@
+"""Client middleware: OpenAI wrapping, candidate cache and selection, rollouts, rewards."""

@@ -1,0 +1,123 @@
+"""``reward()``, ``flush()`` and ``stats()``: cheap, non-blocking, never network I/O."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from synth_middleware._tokens import decode_token, looks_like_token
+from synth_middleware.client import registry
+from synth_middleware.client.reporter import ReporterStats, all_reporters, flush_all
+from synth_middleware.client.session import all_runtimes
+from synth_middleware.errors import SynthError
+from synth_middleware.rollout import Rollout
+from synth_middleware.settings import settings
+
+MAX_FEEDBACK_CHARS = 64 * 1024
+
+
+def reward(
+    target: Any,
+    value: float,
+    *,
+    feedback: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    stop: bool = False,
+) -> str:
+    """Report a reward for a rollout; returns the reward's idempotency key.
+
+    ``target`` is a response or stream a wrapped client returned, a
+    :class:`Rollout`, a rollout id, or a rollout token (from another request or
+    process). Non-blocking: the reward is queued and delivered in the
+    background. Raises ``ValueError`` at once for a non-numeric or non-finite
+    value, oversized feedback, or a target that names no rollout.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"reward value must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"reward value must be finite, got {value}")
+    if feedback is not None:
+        if not isinstance(feedback, str):
+            raise ValueError("feedback must be a string")
+        if len(feedback) > MAX_FEEDBACK_CHARS:
+            raise ValueError(f"feedback is longer than {MAX_FEEDBACK_CHARS} characters")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ValueError("metadata must be a mapping")
+    r = _resolve(target)
+    rt = r._runtime or registry.runtime_of_session(r.session_id)
+    if rt is None:
+        raise SynthError(
+            "no wrapped client in this process to deliver the reward through; "
+            "call synth_middleware.wrap(...) first"
+        )
+    key = os.urandom(16).hex()
+    rt.reporter.add_reward(
+        {
+            "idempotency_key": key,
+            "rollout_id": r.rollout_id,
+            "session_id": r.session_id,
+            "candidate_id": r.candidate_id,
+            "value": value,
+            "created_at": time.time(),
+            "feedback": feedback,
+            "metadata": dict(metadata) if metadata else None,
+            "stop": stop,
+        }
+    )
+    return key
+
+
+def _resolve(target: Any) -> Rollout:
+    if isinstance(target, Rollout):
+        return target
+    if isinstance(target, str):
+        if looks_like_token(target):
+            data = decode_token(target, secret=settings.token_secret)
+            return Rollout(data.session_id, data.rollout_id, data.candidate_id)
+        if not target:
+            raise ValueError("rollout id must not be empty")
+        return Rollout(None, target)
+    r = getattr(target, "synth", None)
+    if isinstance(r, Rollout):
+        return r
+    raise ValueError(
+        "reward target must be a wrapped client's response, a Rollout, a rollout id or a token; "
+        f"got {type(target).__name__}"
+    )
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait up to ``timeout`` seconds for queued rewards and rollouts to be delivered.
+
+    Returns ``True`` when everything queued before the call was delivered.
+    Never blocks past ``timeout``.
+    """
+    return flush_all(timeout)
+
+
+def stats() -> dict[str, Any]:
+    """Delivery counters (queued, sent, retried, dropped, failed, rejected, last_error)
+    summed over backends, plus per-session serving counters."""
+    total = ReporterStats()
+    last_error = None
+    for rep in all_reporters():
+        s = rep.stats()
+        for name in ("queued", "sent", "rollouts_sent", "retried", "dropped", "failed",
+                     "rejected", "duplicates"):
+            setattr(total, name, getattr(total, name) + getattr(s, name))
+        last_error = s.last_error or last_error
+    total.last_error = last_error
+    out = total.as_dict()
+    out["sessions"] = {rt.session_id: _counters(rt) for rt in all_runtimes()}
+    return out
+
+
+def _counters(rt: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(rt.counters)

@@ -1,0 +1,305 @@
+"""``wrap()``: one line that makes an OpenAI client apply candidates and open rollouts.
+
+The wrapper is a set of per-instance ``wrapt`` proxies: ``isinstance`` still
+holds, only this instance is affected (no class is patched), and anything we
+do not intercept passes straight through to the real client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import wrapt
+
+from synth_middleware.client._call import Call, WrapConfig
+from synth_middleware.client._streams import (
+    AsyncStreamProxy,
+    RawResponse,
+    StreamingResponseManager,
+    SyncStream,
+)
+from synth_middleware.client.reporter import reporter_for
+from synth_middleware.client.session import runtime_for
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from synth_middleware.backends.base import Backend
+    from synth_middleware.client.reporter import ErrorCallback
+    from synth_middleware.client.selection import Selection
+
+log = logging.getLogger("synth_middleware")
+
+ClientT = TypeVar("ClientT")
+_SELECTION_MODES = ("explore", "best")
+
+
+def wrap(
+    client: ClientT,
+    *,
+    session: str,
+    backend: Backend | None = None,
+    selection: Selection = "explore",
+    ttl: float = 30.0,
+    warm: bool = False,
+    warm_timeout: float = 2.0,
+    baggage: bool = False,
+    send_traces: bool = True,
+    tracer_provider: TracerProvider | None = None,
+    on_error: ErrorCallback | None = None,
+) -> ClientT:
+    """Wrap an ``OpenAI``/``AsyncOpenAI``/``AzureOpenAI`` client for one prompt (session).
+
+    Args:
+        client: the app's client; it keeps working as before and ``isinstance`` holds.
+        session: the session (one optimized prompt) this client's calls belong to.
+        backend: where candidates come from and rewards go; default from the
+            environment (``SYNTH_URL`` -> HTTP backend, else the embedded one).
+        selection: ``"explore"`` (Thompson sampling, the default), ``"best"``, or a
+            callable ``(candidates, rollout) -> candidate | candidate_id | None``.
+        ttl: seconds a fetched candidate set is fresh; it is served stale while
+            a background refresh runs.
+        warm: prefetch candidates now, waiting at most ``warm_timeout`` seconds.
+        baggage: also put the ids in W3C baggage (it leaves the process in headers).
+        send_traces: send call inputs and outputs with rollouts for the optimizer.
+        tracer_provider: use this provider instead of the global one for our spans.
+        on_error: called with ``(what, item)`` when a reward is dropped, rejected or failed.
+    """
+    if not isinstance(session, str) or not session:
+        raise ValueError("session must be a non-empty string")
+    if not callable(selection) and selection not in _SELECTION_MODES:
+        raise ValueError(f"selection must be 'explore', 'best' or a callable, got {selection!r}")
+    if not ttl > 0:
+        raise ValueError("ttl must be positive")
+    if isinstance(client, _ClientProxy):
+        client = client.__wrapped__
+    _check_client(client)
+    if backend is None:
+        from synth_middleware.backends.default import default_backend
+
+        backend = default_backend()
+    from synth_middleware.client import registry
+
+    rt = runtime_for(
+        backend,
+        session,
+        selection=selection,
+        ttl=ttl,
+        reporter_factory=lambda b: reporter_for(b, on_error=on_error),
+    )
+    registry.register_session(session, rt)
+    cfg = WrapConfig(
+        session=session,
+        backend=backend,
+        runtime=rt,
+        selection=selection,
+        baggage=baggage,
+        send_traces=send_traces,
+        tracer_provider=tracer_provider,
+    )
+    if warm and not rt.wait_ready(warm_timeout):
+        log.warning(
+            "synth-middleware: session %r: no candidates within %.1fs; serving the app's "
+            "own prompt until they arrive",
+            session,
+            warm_timeout,
+        )
+    return _ClientProxy(client, cfg)  # type: ignore[return-value]
+
+
+def _check_client(client: Any) -> None:
+    chat = getattr(client, "chat", None)
+    if chat is None or not hasattr(chat, "completions"):
+        raise TypeError(
+            f"wrap() expects an openai.OpenAI/AsyncOpenAI client, got {type(client).__name__}"
+        )
+
+
+def _is_async(client: Any) -> bool:
+    import openai
+
+    return isinstance(client, openai.AsyncOpenAI)
+
+
+class _ClientProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, client: Any, cfg: WrapConfig) -> None:
+        super().__init__(client)
+        self._self_cfg = cfg
+        self._self_async = _is_async(client)
+        self._self_chat: Any = None
+        self._self_responses: Any = None
+
+    @property
+    def chat(self) -> Any:
+        if self._self_chat is None:
+            self._self_chat = _ChatProxy(self.__wrapped__.chat, self._self_cfg, self._self_async)
+        return self._self_chat
+
+    @property
+    def responses(self) -> Any:
+        if self._self_responses is None:
+            self._self_responses = _ResponsesProxy(
+                self.__wrapped__.responses, self._self_cfg, self._self_async
+            )
+        return self._self_responses
+
+    def with_options(self, *args: Any, **kwargs: Any) -> Any:
+        return _ClientProxy(self.__wrapped__.with_options(*args, **kwargs), self._self_cfg)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        return _ClientProxy(self.__wrapped__.copy(*args, **kwargs), self._self_cfg)
+
+    @property
+    def synth_session(self) -> str:
+        """The session this wrapper serves."""
+        return self._self_cfg.session
+
+    def __repr__(self) -> str:
+        return f"<synth-wrapped {self.__wrapped__!r} session={self._self_cfg.session!r}>"
+
+
+class _ChatProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, chat: Any, cfg: WrapConfig, is_async: bool) -> None:
+        super().__init__(chat)
+        self._self_completions = _CompletionsProxy(chat.completions, cfg, is_async)
+
+    @property
+    def completions(self) -> Any:
+        return self._self_completions
+
+
+class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, completions: Any, cfg: WrapConfig, is_async: bool) -> None:
+        super().__init__(completions)
+        self._self_cfg = cfg
+        self._self_async = is_async
+        self._self_raw: Any = None
+        self._self_streaming: Any = None
+        if is_async:
+            self._self_create = _async_create(completions.create, cfg, "chat")
+        else:
+            self._self_create = _sync_create(completions.create, cfg, "chat")
+
+    @property
+    def create(self) -> Any:
+        return self._self_create
+
+    @property
+    def with_raw_response(self) -> Any:
+        if self._self_raw is None:
+            real = self.__wrapped__.with_raw_response
+            make = _async_raw if self._self_async else _sync_raw
+            self._self_raw = _MethodsProxy(real, create=make(real.create, self._self_cfg, "chat"))
+        return self._self_raw
+
+    @property
+    def with_streaming_response(self) -> Any:
+        if self._self_streaming is None:
+            real = self.__wrapped__.with_streaming_response
+            self._self_streaming = _MethodsProxy(
+                real, create=_streaming_response(real.create, self._self_cfg, "chat")
+            )
+        return self._self_streaming
+
+
+class _ResponsesProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, responses: Any, cfg: WrapConfig, is_async: bool) -> None:
+        super().__init__(responses)
+        make = _async_create if is_async else _sync_create
+        self._self_create = make(responses.create, cfg, "responses")
+
+    @property
+    def create(self) -> Any:
+        return self._self_create
+
+
+class _MethodsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A resource proxy whose ``create`` is ours; everything else passes through."""
+
+    def __init__(self, resource: Any, *, create: Any) -> None:
+        super().__init__(resource)
+        self._self_create = create
+
+    @property
+    def create(self) -> Any:
+        return self._self_create
+
+
+# --------------------------------------------------------------------- calls
+def _sync_create(real: Any, cfg: WrapConfig, api: str) -> Any:
+    def create(*args: Any, **kwargs: Any) -> Any:
+        call = Call(cfg, kwargs, api)
+        try:
+            result = real(*args, **call.kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        if kwargs.get("stream") is True:
+            call.detach()
+            return SyncStream(result, call)
+        call.finish(result)
+        return result
+
+    create.__doc__ = real.__doc__
+    return create
+
+
+def _async_create(real: Any, cfg: WrapConfig, api: str) -> Any:
+    async def create(*args: Any, **kwargs: Any) -> Any:
+        call = Call(cfg, kwargs, api)
+        try:
+            result = await real(*args, **call.kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        if kwargs.get("stream") is True:
+            call.detach()
+            return AsyncStreamProxy(result, call)
+        call.finish(result)
+        return result
+
+    create.__doc__ = real.__doc__
+    return create
+
+
+def _sync_raw(real: Any, cfg: WrapConfig, api: str) -> Any:
+    def create(*args: Any, **kwargs: Any) -> Any:
+        call = Call(cfg, kwargs, api)
+        try:
+            raw = real(*args, **call.kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.finish(raw, output=None, attach=False)
+        return RawResponse(raw, call)
+
+    return create
+
+
+def _async_raw(real: Any, cfg: WrapConfig, api: str) -> Any:
+    async def create(*args: Any, **kwargs: Any) -> Any:
+        call = Call(cfg, kwargs, api)
+        try:
+            raw = await real(*args, **call.kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.finish(raw, output=None, attach=False)
+        return RawResponse(raw, call)
+
+    return create
+
+
+def _streaming_response(real: Any, cfg: WrapConfig, api: str) -> Any:
+    def create(*args: Any, **kwargs: Any) -> Any:
+        call = Call(cfg, kwargs, api)
+        try:
+            manager = real(*args, **call.kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.detach()
+        return StreamingResponseManager(manager, call)
+
+    return create

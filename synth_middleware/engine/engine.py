@@ -1,0 +1,1056 @@
+"""The engine facade: validated writes to the event log, reads from in-memory state.
+
+:class:`Engine` keeps one :class:`~synth_middleware.engine.state.SessionStateMachine`
+per session in memory. Before every read or write it catches up from the log
+(``seq > version``), so several engines, in several processes, sharing one
+database stay consistent: each one tails the log. Writes run inside one store
+transaction that excludes other writers, so validation always sees the
+latest state, and a batch (say 1,000 rewards) is one transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import numbers
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from synth_middleware.backends.base import (
+    CandidateItem,
+    RewardRecord,
+    RewardResult,
+    RolloutRecord,
+    SessionState,
+)
+from synth_middleware.engine.state import (
+    BASELINE_CHANGED,
+    CANDIDATE_ADDED,
+    CANDIDATE_ARCHIVED,
+    REWARD,
+    ROLLOUT,
+    SESSION_CREATED,
+    SESSION_STATUS,
+    SESSION_STATUSES,
+    CandidateState,
+    Event,
+    SessionStateMachine,
+)
+from synth_middleware.engine.store import CandidateRow, RolloutRow, Store, WriteTxn, encode_json
+from synth_middleware.errors import InvalidRequestError, NotFoundError
+
+logger = logging.getLogger("synth_middleware.engine")
+
+T = TypeVar("T")
+
+SESSION_KINDS = ("mipro_online", "gepa_online")
+MAX_ID_CHARS = 256
+MAX_FEEDBACK_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 64 * 1024
+MAX_CANDIDATE_BYTES = 1024 * 1024
+MAX_ROLLOUT_DETAIL_BYTES = 256 * 1024
+SORT_FIELDS = ("avg_reward", "objective", "rollout_count", "created_at")
+DEFAULT_SORT = "created_at:asc"
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+_CATCH_UP_PAGE = 10_000
+
+
+@dataclass(slots=True)
+class RolloutsResult:
+    """What :meth:`Engine.record_rollouts` did with a batch.
+
+    ``supplemented`` counts records that brought the details of a rollout a
+    reward had already created; ``errors`` lists ``(index, reason)`` of the
+    skipped ones.
+    """
+
+    accepted: int = 0
+    duplicates: int = 0
+    supplemented: int = 0
+    skipped: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def validate_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it is 1-200 chars of ``[A-Za-z0-9._:-]``, else raise
+    :class:`InvalidRequestError`."""
+    if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id):
+        raise InvalidRequestError(
+            f"invalid session_id {session_id!r}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
+        )
+    return session_id
+
+
+def _is_id(value: object) -> bool:
+    """A usable opaque id: non-empty str, bounded, storable as UTF-8."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _json_size(value: Any, what: str, limit: int) -> int:
+    """Size of ``value`` as strict JSON; raise ``ValueError`` with a clear message if not JSON-able."""
+    try:
+        size = len(encode_json(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON-serialisable (no NaN/inf): {exc}") from None
+    if size > limit:
+        raise ValueError(f"{what} is {size} bytes as JSON, over the {limit} byte limit")
+    return size
+
+
+def _finite_number(value: object) -> float | None:
+    """``float(value)`` for a finite real number (``bool`` and ``str`` are not), else ``None``."""
+    if type(value) is float:  # the common case, without the ABC check below
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass(slots=True)
+class _Reward:
+    index: int
+    key: str
+    rollout_id: str
+    value: float
+    created_at: float
+    session_id: str | None
+    candidate_id: str | None
+    feedback: str | None
+    metadata: dict[str, Any] | None
+    stop: bool
+
+
+@dataclass(slots=True)
+class _Rollout:
+    index: int
+    session_id: str
+    rollout_id: str
+    candidate_id: str | None
+    created_at: float
+    detail: dict[str, Any]
+
+
+class _Batch:
+    """Events and touched states of one write transaction."""
+
+    __slots__ = ("after_commit", "events", "now", "seq", "states", "txn")
+
+    def __init__(self, txn: WriteTxn) -> None:
+        self.txn = txn
+        self.seq = txn.next_seq()
+        self.now = time.time()
+        self.events: list[Event] = []
+        self.states: dict[str, SessionStateMachine | None] = {}
+        self.after_commit: list[Callable[[], None]] = []
+
+    def emit(self, state: SessionStateMachine, type_: str, payload: dict[str, Any]) -> Event:
+        """Number an event, apply it to ``state`` and queue it for the log."""
+        event = Event(self.seq, state.session_id, type_, payload, self.now)
+        self.seq += 1
+        state.apply(event)
+        self.events.append(event)
+        return event
+
+
+class Engine:
+    """Thread-safe facade over a :class:`~synth_middleware.engine.store.Store`.
+
+    Used in-process by :class:`~synth_middleware.backends.local.LocalBackend` and
+    by the server. Every method may raise
+    :class:`~synth_middleware.errors.BackendError` (``InvalidRequestError``,
+    ``NotFoundError``, or a retryable ``StorageError``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        snapshot_every: int = 1000,
+        max_cached_sessions: int = 10_000,
+    ) -> None:
+        if snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        self._store = store
+        self._snapshot_every = snapshot_every
+        self._max_cached = max(1, max_cached_sessions)
+        self._states: OrderedDict[str, SessionStateMachine] = OrderedDict()
+        self._snap_at: dict[str, int] = {}  # applied_events at the last snapshot we know of
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    @property
+    def store(self) -> Store:
+        """The underlying store."""
+        return self._store
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _locked(self) -> threading.RLock:
+        if self._pid != os.getpid():  # forked while another thread may have held the lock
+            self._lock = threading.RLock()
+            self._pid = os.getpid()
+        return self._lock
+
+    def _load(self, session_id: str, src: Store | WriteTxn) -> SessionStateMachine | None:
+        """The caught-up state of a session, or ``None`` if it does not exist. Lock held."""
+        state = self._states.get(session_id)
+        if state is None:
+            snap = src.load_snapshot(session_id)
+            if snap is not None:
+                state = SessionStateMachine.from_snapshot(snap[1])
+            else:
+                state = SessionStateMachine(session_id)
+            self._snap_at[session_id] = state.applied_events
+        else:
+            self._states.move_to_end(session_id)
+        while True:
+            events = src.read_events(session_id, state.version, _CATCH_UP_PAGE)
+            for event in events:
+                state.apply(event)
+            if len(events) < _CATCH_UP_PAGE:
+                break
+        if not state.exists:
+            return None
+        self._cache(session_id, state)
+        return state
+
+    def _cache(self, session_id: str, state: SessionStateMachine) -> None:
+        self._states[session_id] = state
+        self._states.move_to_end(session_id)
+        while len(self._states) > self._max_cached:
+            old, _ = self._states.popitem(last=False)
+            self._snap_at.pop(old, None)
+
+    def _session(self, batch: _Batch, session_id: str) -> SessionStateMachine | None:
+        """Load a session once per batch, caught up under the write lock."""
+        if session_id in batch.states:
+            return batch.states[session_id]
+        state = self._load(session_id, batch.txn)
+        batch.states[session_id] = state
+        return state
+
+    def _read(self, session_id: str) -> SessionStateMachine:
+        """The caught-up state for a read; caller holds the lock."""
+        state = self._load(validate_session_id(session_id), self._store)
+        if state is None:
+            raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
+        return state
+
+    def _write(self, op: Callable[[_Batch], T]) -> T:
+        """Run ``op`` in one write transaction; on any error, forget the touched states
+        (they may hold events that were rolled back) so the next access reloads them."""
+        with self._locked():
+            batch: _Batch | None = None
+            try:
+                with self._store.write() as txn:
+                    batch = _Batch(txn)
+                    result = op(batch)
+                    if batch.events:
+                        txn.append_events(batch.events)
+                        self._maybe_snapshot(batch)
+            except BaseException:
+                if batch is not None:
+                    for sid in batch.states:
+                        self._states.pop(sid, None)
+                        self._snap_at.pop(sid, None)
+                raise
+            for sid, state in batch.states.items():
+                if state is not None and state.exists:
+                    self._cache(sid, state)
+            for callback in batch.after_commit:
+                callback()
+            return result
+
+    def _maybe_snapshot(self, batch: _Batch) -> None:
+        for sid, state in batch.states.items():
+            if state is None:
+                continue
+            if state.applied_events - self._snap_at.get(sid, 0) >= self._snapshot_every:
+                batch.txn.save_snapshot(sid, state.version, state.to_snapshot())
+                self._snap_at[sid] = state.applied_events
+
+    @staticmethod
+    def _new_candidate_id(batch: _Batch, state: SessionStateMachine) -> str:
+        while True:  # 48 random bits: a collision is rare, but ids must be globally unique
+            cid = "cand_" + os.urandom(6).hex()
+            if cid not in state.candidates and not batch.txn.candidate_exists(cid):
+                return cid
+
+    def _add_candidate(
+        self,
+        batch: _Batch,
+        state: SessionStateMachine,
+        *,
+        content: str | None,
+        payload: Any,
+        parent_id: str | None,
+        metadata: dict[str, Any] | None,
+        is_baseline: bool,
+    ) -> str:
+        cid = self._new_candidate_id(batch, state)
+        event = batch.emit(
+            state,
+            CANDIDATE_ADDED,
+            {
+                "candidate_id": cid,
+                "content": content,
+                "payload": payload,
+                "parent_id": parent_id,
+                "is_baseline": is_baseline,
+                "generation": state.generation,
+                "metadata": metadata,
+            },
+        )
+        batch.txn.add_candidate(
+            CandidateRow(
+                cid,
+                state.session_id,
+                state.generation,
+                is_baseline,
+                parent_id,
+                "active",
+                event.created_at,
+                event.seq,
+            )
+        )
+        return cid
+
+    def _set_status(
+        self, batch: _Batch, state: SessionStateMachine, status: str, reason: str
+    ) -> None:
+        if state.status != status:
+            batch.emit(state, SESSION_STATUS, {"status": status, "reason": reason})
+            batch.txn.set_session_status(state.session_id, status)
+
+    # -- sessions -----------------------------------------------------------
+
+    def ensure_session(
+        self,
+        session_id: str,
+        *,
+        baseline: str | None = None,
+        kind: str = "mipro_online",
+        config: Mapping[str, Any] | None = None,
+    ) -> SessionState:
+        """Create the session if new (with ``baseline`` as its baseline candidate) and
+        return its state.
+
+        For an existing session, a ``baseline`` different from the current
+        generation's baseline text starts a new generation: a new baseline
+        candidate, and every active candidate of the old generation archived
+        (reason ``prompt_changed``), since they were derived from the old
+        prompt. ``baseline=None`` never changes an existing session; ``kind``
+        and ``config`` only matter on creation.
+        """
+        validate_session_id(session_id)
+        if baseline is not None:
+            if not isinstance(baseline, str):
+                raise InvalidRequestError("baseline must be a string or None")
+            if _utf8_len(baseline) > MAX_CANDIDATE_BYTES:
+                raise InvalidRequestError(f"baseline is over {MAX_CANDIDATE_BYTES} bytes")
+        if kind not in SESSION_KINDS:
+            raise InvalidRequestError(f"kind must be one of {SESSION_KINDS}, not {kind!r}")
+        if config is not None and not isinstance(config, Mapping):
+            raise InvalidRequestError("config must be a mapping")
+        cfg = dict(config or {})
+        try:
+            _json_size(cfg, "config", MAX_METADATA_BYTES)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+
+        def differs(state: SessionStateMachine) -> bool:
+            base = state.baseline
+            return baseline is not None and (base is None or base.content != baseline)
+
+        with self._locked():
+            state = self._load(session_id, self._store)
+            if state is not None and not differs(state):
+                return state.to_wire()  # the common case: no write at all
+
+            def op(batch: _Batch) -> SessionState:
+                st = self._session(batch, session_id)
+                if st is None:
+                    st = SessionStateMachine(session_id)
+                    batch.states[session_id] = st
+                    batch.emit(st, SESSION_CREATED, {"kind": kind, "config": cfg})
+                    batch.txn.add_session(session_id, kind, "running", batch.now, cfg)
+                    self._add_candidate(
+                        batch,
+                        st,
+                        content=baseline,
+                        payload=None,
+                        parent_id=None,
+                        metadata=None,
+                        is_baseline=True,
+                    )
+                elif differs(st):
+                    self._change_baseline(batch, st, baseline)
+                return st.to_wire()
+
+            return self._write(op)
+
+    def _change_baseline(self, batch: _Batch, state: SessionStateMachine, text: str | None) -> None:
+        old_generation = state.generation
+        old_baseline = state.baseline_candidate_id
+        stale = [
+            c.candidate_id
+            for c in state.candidates.values()
+            if c.status == "active" and c.generation == old_generation
+        ]
+        batch.emit(
+            state,
+            BASELINE_CHANGED,
+            {
+                "generation": old_generation + 1,
+                "previous_generation": old_generation,
+                "previous_baseline_id": old_baseline,
+            },
+        )
+        new_id = self._add_candidate(
+            batch,
+            state,
+            content=text,
+            payload=None,
+            parent_id=None,
+            metadata=None,
+            is_baseline=True,
+        )
+        for cid in stale:
+            batch.emit(state, CANDIDATE_ARCHIVED, {"candidate_id": cid, "reason": "prompt_changed"})
+        batch.txn.set_candidate_status(stale, "archived")
+        sid, n = state.session_id, len(stale)
+        batch.after_commit.append(
+            lambda: logger.warning(
+                "session %s: the app's baseline prompt changed; started generation %d with "
+                "baseline %s and archived %d candidate(s) of the old prompt",
+                sid,
+                old_generation + 1,
+                new_id,
+                n,
+            )
+        )
+
+    def get_state(self, session_id: str) -> SessionState:
+        """The session's state in the wire shape; :class:`NotFoundError` if unknown."""
+        with self._locked():
+            return self._read(session_id).to_wire()
+
+    def session_state(self, session_id: str) -> SessionStateMachine:
+        """A deep copy of the session's in-memory state (for optimizers and tests)."""
+        with self._locked():
+            return SessionStateMachine.from_snapshot(self._read(session_id).to_snapshot())
+
+    def session_ids(self) -> list[str]:
+        """Every session id in the store, oldest first."""
+        return self._store.session_ids()
+
+    def set_status(self, session_id: str, status: str) -> SessionState:
+        """Set the session status (``running``, ``paused``, ``cancelled``, ``completed``)."""
+        validate_session_id(session_id)
+        if status not in SESSION_STATUSES:
+            raise InvalidRequestError(f"status must be one of {SESSION_STATUSES}, not {status!r}")
+
+        def op(batch: _Batch) -> SessionState:
+            state = self._session(batch, session_id)
+            if state is None:
+                raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
+            self._set_status(batch, state, status, "requested")
+            return state.to_wire()
+
+        return self._write(op)
+
+    # -- candidates ---------------------------------------------------------
+
+    def add_candidate(
+        self,
+        session_id: str,
+        content: str | None,
+        *,
+        payload: Any = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Add an active candidate to the session's current generation; return its id.
+
+        ``content`` is the prompt text; it may be ``None`` when ``payload`` is a
+        structured candidate (any JSON value, e.g. a ``transformation`` dict).
+        """
+        validate_session_id(session_id)
+        if content is not None and not isinstance(content, str):
+            raise InvalidRequestError("content must be a string or None")
+        if content is None and payload is None:
+            raise InvalidRequestError("a candidate needs content or a payload")
+        if parent_id is not None and not _is_id(parent_id):
+            raise InvalidRequestError("parent_id must be a candidate id")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidRequestError("metadata must be a mapping")
+        meta = dict(metadata) if metadata else None
+        try:
+            if content is not None and _utf8_len(content) > MAX_CANDIDATE_BYTES:
+                raise ValueError(f"content is over {MAX_CANDIDATE_BYTES} bytes")
+            _json_size(payload, "payload", MAX_CANDIDATE_BYTES)
+            _json_size(meta, "metadata", MAX_METADATA_BYTES)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+
+        def op(batch: _Batch) -> str:
+            state = self._session(batch, session_id)
+            if state is None:
+                raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
+            if parent_id is not None and parent_id not in state.candidates:
+                raise NotFoundError(
+                    f"unknown parent candidate {parent_id!r} in session {session_id!r}",
+                    code="candidate_not_found",
+                )
+            return self._add_candidate(
+                batch,
+                state,
+                content=content,
+                payload=payload,
+                parent_id=parent_id,
+                metadata=meta,
+                is_baseline=False,
+            )
+
+        return self._write(op)
+
+    def archive_candidate(
+        self, session_id: str, candidate_id: str, *, reason: str = "archived"
+    ) -> bool:
+        """Archive a candidate; return False if it was archived already.
+
+        The current baseline cannot be archived (:class:`InvalidRequestError`);
+        an unknown id raises :class:`NotFoundError`.
+        """
+        validate_session_id(session_id)
+        if not isinstance(reason, str) or len(reason) > 200:
+            raise InvalidRequestError("reason must be a string of at most 200 characters")
+
+        def op(batch: _Batch) -> bool:
+            state = self._session(batch, session_id)
+            if state is None:
+                raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
+            cand = state.candidates.get(candidate_id) if isinstance(candidate_id, str) else None
+            if cand is None:
+                raise NotFoundError(
+                    f"unknown candidate {candidate_id!r} in session {session_id!r}",
+                    code="candidate_not_found",
+                )
+            if cand.is_baseline:
+                raise InvalidRequestError(
+                    "the baseline candidate cannot be archived (change the app's prompt instead)"
+                )
+            if cand.status == "archived":
+                return False
+            batch.emit(state, CANDIDATE_ARCHIVED, {"candidate_id": candidate_id, "reason": reason})
+            batch.txn.set_candidate_status([candidate_id], "archived")
+            return True
+
+        return self._write(op)
+
+    def get_candidate(self, candidate_id: str) -> CandidateItem:
+        """One candidate with content, payload and statistics; :class:`NotFoundError` if unknown."""
+        if not _is_id(candidate_id):
+            raise NotFoundError(f"unknown candidate {candidate_id!r}", code="candidate_not_found")
+        session_id = self._store.candidate_session(candidate_id)
+        with self._locked():
+            state = self._load(session_id, self._store) if session_id else None
+            cand = state.candidates.get(candidate_id) if state is not None else None
+            if cand is None:
+                raise NotFoundError(
+                    f"unknown candidate {candidate_id!r}", code="candidate_not_found"
+                )
+            return cand.to_item()
+
+    def list_candidates(
+        self,
+        session_id: str,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        sort: str | None = None,
+        include: Sequence[str] = ("prompt_text",),
+    ) -> dict[str, Any]:
+        """A page of candidates in the wire shape ``{items, next_cursor, system_id, ...}``.
+
+        ``status``: ``active``, ``archived`` or ``None``/``all``. ``sort``: comma
+        separated ``field[:asc|desc]`` over ``avg_reward``, ``objective`` (the
+        mean reward for now), ``rollout_count``, ``created_at``; candidates
+        without rewards sort last; creation order breaks ties; default
+        ``created_at:asc``. ``include`` containing ``prompt_text`` (or
+        ``candidate_content``) adds ``candidate_content``; ``artifact_payload``
+        is always present because structured candidates need it. ``cursor`` is
+        the opaque ``next_cursor`` of the previous page.
+        """
+        validate_session_id(session_id)
+        if status not in (None, "all", "active", "archived"):
+            raise InvalidRequestError(f"status must be active, archived or all, not {status!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidRequestError(f"limit must be an integer from 1 to 1000, not {limit!r}")
+        keys = _parse_sort(sort)
+        offset = _decode_cursor(cursor)
+        if isinstance(include, str):
+            include = [part.strip() for part in include.split(",")]
+        with_content = "prompt_text" in include or "candidate_content" in include
+        with self._locked():
+            state = self._read(session_id)
+            cands = [
+                c
+                for c in state.candidates.values()
+                if status in (None, "all") or c.status == status
+            ]
+            cands.sort(key=lambda c: _sort_key(c, keys))
+            page = cands[offset : offset + limit]
+            items = [c.to_item(content=with_content) for c in page]
+            kind = state.kind or "mipro_online"
+        more = offset + limit < len(cands)
+        return {
+            "items": items,
+            "next_cursor": _encode_cursor(offset + limit) if more else None,
+            "system_id": session_id,
+            "job_id": None,
+            "algorithm": kind.split("_", 1)[0],
+            "mode": "online",
+            "sort": ",".join(f"{f}:{'desc' if d else 'asc'}" for f, d in keys),
+        }
+
+    # -- rollouts and rewards -------------------------------------------------
+
+    def record_rollouts(self, records: Sequence[RolloutRecord]) -> RolloutsResult:
+        """Store rollouts, idempotent on ``rollout_id``, in one transaction.
+
+        ``candidate_id=None`` (the app's own prompt was served) counts for the
+        baseline of the session's current generation. Records for unknown
+        sessions or candidates, or malformed ones, are skipped and counted
+        (one warning per batch): the rest of the batch is stored.
+        """
+        result = RolloutsResult()
+        parsed: list[_Rollout] = []
+        now = time.time()
+        for i, record in enumerate(records):
+            try:
+                parsed.append(_parse_rollout(i, record, now))
+            except ValueError as exc:
+                result.errors.append((i, str(exc)))
+        if parsed:
+
+            def op(batch: _Batch) -> None:
+                known = batch.txn.get_rollouts([r.rollout_id for r in parsed])
+                rows: list[RolloutRow] = []
+                for r in parsed:
+                    row = known.get(r.rollout_id)
+                    if row is not None:
+                        if row.detail_seq is None and row.session_id == r.session_id:
+                            # A reward created this rollout first; keep the details now.
+                            st = self._session(batch, row.session_id)
+                            if st is not None:
+                                payload = {**r.detail, "candidate_id": row.candidate_id}
+                                payload["supplement"] = True
+                                ev = batch.emit(st, ROLLOUT, payload)
+                                batch.txn.set_rollout_detail(r.rollout_id, ev.seq)
+                                known[r.rollout_id] = row._replace(detail_seq=ev.seq)
+                                result.supplemented += 1
+                                continue
+                        result.duplicates += 1
+                        continue
+                    state = self._session(batch, r.session_id)
+                    if state is None:
+                        result.errors.append((r.index, f"unknown session {r.session_id!r}"))
+                        continue
+                    cid = r.candidate_id or state.baseline_candidate_id
+                    if cid is None or cid not in state.candidates:
+                        result.errors.append(
+                            (r.index, f"unknown candidate {r.candidate_id!r} in {r.session_id!r}")
+                        )
+                        continue
+                    ev = batch.emit(state, ROLLOUT, {**r.detail, "candidate_id": cid})
+                    row = RolloutRow(r.rollout_id, r.session_id, cid, r.created_at, ev.seq, ev.seq)
+                    known[r.rollout_id] = row
+                    rows.append(row)
+                    result.accepted += 1
+                if rows:
+                    batch.txn.add_rollouts(rows)
+
+            self._write(op)
+        result.skipped = len(result.errors)
+        if result.errors:
+            result.errors.sort()
+            logger.warning(
+                "skipped %d of %d rollout record(s); first: %s",
+                result.skipped,
+                len(records),
+                result.errors[0][1],
+            )
+        return result
+
+    def record_rewards(self, records: Sequence[RewardRecord]) -> list[RewardResult]:
+        """Store rewards in one transaction; one result per input, in order.
+
+        ``accepted``: stored and counted once for the rollout's candidate.
+        ``duplicate``: the ``idempotency_key`` was seen before (no change).
+        ``rejected`` (with ``error``): the value is not a finite real number
+        (``bool`` and strings are not), the rollout is unknown, feedback is
+        over 64 KiB, ... A rejected item never affects the others.
+
+        A reward whose rollout is unknown is still accepted when it names its
+        ``session_id`` and ``candidate_id`` (``None`` meaning the baseline):
+        its rollout may be recorded later by another process, so the rollout
+        is created now. ``stop: true`` marks the session ``completed``.
+        """
+        results: list[RewardResult | None] = [None] * len(records)
+        parsed: list[_Reward] = []
+        now = time.time()
+        for i, record in enumerate(records):
+            item = _parse_reward(i, record, now)
+            if isinstance(item, _Reward):
+                parsed.append(item)
+            else:
+                results[i] = item
+        if parsed:
+
+            def op(batch: _Batch) -> None:
+                txn = batch.txn
+                seen = txn.existing_reward_keys([r.key for r in parsed])
+                known = txn.get_rollouts(list({r.rollout_id: None for r in parsed}))
+                key_rows: list[tuple[str, str, int, str]] = []
+                new_rollouts: list[RolloutRow] = []
+                for r in parsed:
+                    if r.key in seen:
+                        results[r.index] = {"idempotency_key": r.key, "status": "duplicate"}
+                        continue
+                    row = known.get(r.rollout_id)
+                    state = self._session(batch, row.session_id) if row is not None else None
+                    if row is None:
+                        row, state, error = self._implicit_rollout(batch, r)
+                        if row is None or state is None:
+                            results[r.index] = _rejected(r.key, error)
+                            continue
+                        known[r.rollout_id] = row
+                        new_rollouts.append(row)
+                    elif state is None:  # cannot happen with a consistent store
+                        results[r.index] = _rejected(r.key, f"unknown session {row.session_id!r}")
+                        continue
+                    payload: dict[str, Any] = {
+                        "idempotency_key": r.key,
+                        "rollout_id": r.rollout_id,
+                        "candidate_id": row.candidate_id,
+                        "value": r.value,
+                        "created_at": r.created_at,
+                    }
+                    if r.feedback is not None:
+                        payload["feedback"] = r.feedback
+                    if r.metadata is not None:
+                        payload["metadata"] = r.metadata
+                    if r.stop:
+                        payload["stop"] = True
+                    ev = batch.emit(state, REWARD, payload)
+                    key_rows.append((r.key, state.session_id, ev.seq, r.rollout_id))
+                    seen.add(r.key)
+                    if r.stop:
+                        self._set_status(batch, state, "completed", "stop")
+                    results[r.index] = {"idempotency_key": r.key, "status": "accepted"}
+                if new_rollouts:
+                    txn.add_rollouts(new_rollouts)
+                if key_rows:
+                    txn.add_reward_keys(key_rows)
+
+            self._write(op)
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _implicit_rollout(
+        self, batch: _Batch, r: _Reward
+    ) -> tuple[RolloutRow | None, SessionStateMachine | None, str]:
+        unknown = (
+            f"unknown rollout_id {r.rollout_id!r} (a reward may precede its rollout only when "
+            "it names the session_id and candidate_id)"
+        )
+        if r.session_id is None:
+            return None, None, unknown
+        state = self._session(batch, r.session_id)
+        if state is None:
+            return None, None, f"{unknown}; unknown session {r.session_id!r}"
+        cid = r.candidate_id or state.baseline_candidate_id
+        if cid is None or cid not in state.candidates:
+            return None, None, f"{unknown}; unknown candidate {r.candidate_id!r}"
+        ev = batch.emit(
+            state,
+            ROLLOUT,
+            {
+                "rollout_id": r.rollout_id,
+                "candidate_id": cid,
+                "served_candidate_id": r.candidate_id,
+                "created_at": r.created_at,
+                "implicit": True,
+            },
+        )
+        return (
+            RolloutRow(r.rollout_id, state.session_id, cid, r.created_at, ev.seq, None),
+            state,
+            "",
+        )
+
+    # -- history (for optimizers and reflection) --------------------------------
+
+    def iter_events(self, session_id: str, after_seq: int = 0) -> Iterator[Event]:
+        """The session's events with ``seq > after_seq``, oldest first, read in pages."""
+        validate_session_id(session_id)
+        last = after_seq
+        while True:
+            page = self._store.read_events(session_id, last, 1000)
+            yield from page
+            if len(page) < 1000:
+                return
+            last = page[-1].seq
+
+    def rollout_records(self, session_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The session's latest rollouts, newest first, each with its rewards.
+
+        Each item: ``rollout_id, candidate_id, served_candidate_id, created_at,
+        key, bucket, model, metadata, input, output, implicit`` and ``rewards``
+        (``idempotency_key, value, feedback, metadata, created_at``).
+        """
+        validate_session_id(session_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidRequestError("limit must be an integer from 1 to 10000")
+        rows = self._store.recent_rollouts(session_id, limit)
+        details = self._store.events_at(
+            r.detail_seq if r.detail_seq is not None else r.seq for r in rows
+        )
+        rewards: dict[str, list[dict[str, Any]]] = {}
+        for ev in self._store.reward_events_for([r.rollout_id for r in rows]):
+            p = ev.payload
+            rewards.setdefault(p["rollout_id"], []).append(
+                {
+                    "idempotency_key": p["idempotency_key"],
+                    "value": p["value"],
+                    "feedback": p.get("feedback"),
+                    "metadata": p.get("metadata"),
+                    "created_at": p.get("created_at", ev.created_at),
+                }
+            )
+        out: list[dict[str, Any]] = []
+        for r in rows:
+            ev = details.get(r.detail_seq if r.detail_seq is not None else r.seq)
+            p = ev.payload if ev is not None else {}
+            out.append(
+                {
+                    "rollout_id": r.rollout_id,
+                    "candidate_id": r.candidate_id,
+                    "served_candidate_id": p.get("served_candidate_id"),
+                    "created_at": r.created_at,
+                    "key": p.get("key"),
+                    "bucket": p.get("bucket"),
+                    "model": p.get("model"),
+                    "metadata": p.get("metadata"),
+                    "input": p.get("input"),
+                    "output": p.get("output"),
+                    "implicit": r.detail_seq is None,
+                    "rewards": rewards.get(r.rollout_id, []),
+                }
+            )
+        return out
+
+    def close(self) -> None:
+        """Close the store and drop the in-memory states."""
+        with self._locked():
+            self._states.clear()
+            self._snap_at.clear()
+            self._store.close()
+
+
+# -- parsing helpers ---------------------------------------------------------
+
+
+def _rejected(key: str, error: str) -> RewardResult:
+    return {"idempotency_key": key, "status": "rejected", "error": error}
+
+
+def _parse_reward(index: int, record: object, now: float) -> _Reward | RewardResult:
+    """Validate one reward record: a ``_Reward``, or the ``rejected`` result."""
+    if not isinstance(record, Mapping):
+        return _rejected("", "a reward record must be a mapping")
+    key = record.get("idempotency_key")
+    shown_key = key if isinstance(key, str) else ""
+    if not _is_id(key):
+        return _rejected(shown_key, "idempotency_key must be a non-empty string (max 256 chars)")
+    rollout_id = record.get("rollout_id")
+    if not _is_id(rollout_id):
+        return _rejected(key, "rollout_id must be a non-empty string (max 256 chars)")
+    raw = record.get("value")
+    value = _finite_number(raw)
+    if value is None:
+        return _rejected(key, f"value must be a finite real number, not {raw!r:.80}")
+    created_at = record.get("created_at")
+    if created_at is None:
+        created_at = now
+    else:
+        created_at = _finite_number(created_at)
+        if created_at is None:
+            return _rejected(key, "created_at must be a finite number (epoch seconds)")
+    session_id = record.get("session_id")
+    if session_id is not None and (
+        not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id)
+    ):
+        return _rejected(key, f"invalid session_id {session_id!r:.80}")
+    candidate_id = record.get("candidate_id")
+    if candidate_id is not None and not _is_id(candidate_id):
+        return _rejected(key, "candidate_id must be a non-empty string or None")
+    feedback = record.get("feedback")
+    if feedback is not None:
+        if not isinstance(feedback, str):
+            return _rejected(key, "feedback must be a string or None")
+        if _utf8_len(feedback) > MAX_FEEDBACK_BYTES:
+            return _rejected(key, f"feedback is over {MAX_FEEDBACK_BYTES} bytes")
+    metadata = record.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            return _rejected(key, "metadata must be a mapping or None")
+        metadata = dict(metadata)
+        if metadata:
+            try:
+                _json_size(metadata, "metadata", MAX_METADATA_BYTES)
+            except ValueError as exc:
+                return _rejected(key, str(exc))
+        else:
+            metadata = None
+    stop = record.get("stop", False)
+    if stop is None:
+        stop = False
+    if not isinstance(stop, bool):
+        return _rejected(key, "stop must be a boolean")
+    return _Reward(
+        index,
+        key,
+        rollout_id,
+        value,
+        created_at,
+        session_id,
+        candidate_id,
+        feedback,  # type: ignore[arg-type]
+        metadata,
+        stop,
+    )
+
+
+_DETAIL_FIELDS = ("key", "bucket", "model", "metadata", "input", "output")
+
+
+def _parse_rollout(index: int, record: object, now: float) -> _Rollout:
+    """Validate one rollout record; raise ``ValueError`` with the reason to skip it."""
+    if not isinstance(record, Mapping):
+        raise ValueError("a rollout record must be a mapping")
+    session_id = record.get("session_id")
+    if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id):
+        raise ValueError(f"invalid session_id {session_id!r:.80}")
+    rollout_id = record.get("rollout_id")
+    if not _is_id(rollout_id):
+        raise ValueError("rollout_id must be a non-empty string (max 256 chars)")
+    candidate_id = record.get("candidate_id")
+    if candidate_id is not None and not _is_id(candidate_id):
+        raise ValueError("candidate_id must be a non-empty string or None")
+    created_at = record.get("created_at")
+    created = now if created_at is None else _finite_number(created_at)
+    if created is None:
+        raise ValueError("created_at must be a finite number (epoch seconds)")
+    detail: dict[str, Any] = {
+        "rollout_id": rollout_id,
+        "served_candidate_id": candidate_id,
+        "created_at": created,
+    }
+    dropped: list[str] = []
+    for name in _DETAIL_FIELDS:
+        value = record.get(name)
+        if value is None:
+            continue
+        try:
+            encode_json(value)
+        except (TypeError, ValueError):
+            dropped.append(name)  # keep the rollout: its counts matter more than this field
+            continue
+        detail[name] = value
+    if len(encode_json(detail)) > MAX_ROLLOUT_DETAIL_BYTES:
+        for name in ("input", "output"):
+            if detail.pop(name, None) is not None:
+                dropped.append(name)
+        detail["truncated"] = True
+    if dropped:
+        detail["dropped"] = dropped
+    return _Rollout(index, session_id, rollout_id, candidate_id, created, detail)  # type: ignore[arg-type]
+
+
+def _parse_sort(sort: str | None) -> list[tuple[str, bool]]:
+    """``"avg_reward:desc,created_at"`` -> ``[("avg_reward", True), ("created_at", False)]``."""
+    if sort is not None and not isinstance(sort, str):
+        raise InvalidRequestError("sort must be a string")
+    if sort is None or not sort.strip():
+        sort = DEFAULT_SORT
+    keys: list[tuple[str, bool]] = []
+    for part in sort.split(","):
+        name, _, direction = part.strip().partition(":")
+        name, direction = name.strip(), (direction.strip().lower() or "desc")
+        if name not in SORT_FIELDS or direction not in ("asc", "desc"):
+            raise InvalidRequestError(
+                f"invalid sort {part.strip()!r}: use field[:asc|desc] with field one of {SORT_FIELDS}"
+            )
+        keys.append((name, direction == "desc"))
+    return keys
+
+
+def _sort_key(cand: CandidateState, keys: list[tuple[str, bool]]) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for name, desc in keys:
+        if name in ("avg_reward", "objective"):
+            value: float | None = cand.avg_reward
+        elif name == "rollout_count":
+            value = cand.rollout_count
+        else:
+            value = cand.created_at
+        if value is None:
+            out.append((1, 0.0))  # no rewards yet: last in either direction
+        else:
+            out.append((0, -value if desc else value))
+    out.append(cand.seq)
+    return tuple(out)
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        offset = data["o"]
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise InvalidRequestError("invalid cursor") from None
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidRequestError("invalid cursor")
+    return offset

@@ -1,0 +1,384 @@
+"""One session's state, materialised in memory from its event log.
+
+:class:`SessionStateMachine` is pure: :meth:`~SessionStateMachine.apply` only
+reads the event, never the clock, the disk or a random source, so replaying
+the same events (from the start, or from a snapshot) always gives the same
+state. Validation happens before an event is written (in the engine), so
+``apply`` trusts its input and stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from synth_middleware.backends.base import CandidateItem, CandidateStats, SessionState
+
+# Event types (the ``type`` column of the log).
+SESSION_CREATED = "session_created"
+CANDIDATE_ADDED = "candidate_added"
+CANDIDATE_ARCHIVED = "candidate_archived"
+BASELINE_CHANGED = "baseline_changed"
+ROLLOUT = "rollout"
+REWARD = "reward"
+SESSION_STATUS = "session_status"
+
+EVENT_TYPES = frozenset(
+    {
+        SESSION_CREATED,
+        CANDIDATE_ADDED,
+        CANDIDATE_ARCHIVED,
+        BASELINE_CHANGED,
+        ROLLOUT,
+        REWARD,
+        SESSION_STATUS,
+    }
+)
+SESSION_STATUSES = ("running", "paused", "cancelled", "completed")
+CANDIDATE_STATUSES = ("active", "archived")
+DEFAULT_MIN_REWARDS_FOR_BEST = 5
+_SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the append-only log. ``seq`` is global and increasing."""
+
+    seq: int
+    session_id: str
+    type: str
+    payload: dict[str, Any]
+    created_at: float
+
+
+@dataclass(slots=True)
+class CandidateState:
+    """A candidate and its running statistics (Welford's mean and M2)."""
+
+    candidate_id: str
+    content: str | None
+    payload: Any
+    parent_id: str | None
+    is_baseline: bool  # True only for the baseline of the current generation
+    generation: int
+    created_at: float
+    seq: int  # seq of the event that added it: a stable creation order
+    status: str = "active"
+    archive_reason: str | None = None
+    metadata: dict[str, Any] | None = None
+    rollout_count: int = 0
+    reward_count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    @property
+    def avg_reward(self) -> float | None:
+        """Mean reward, ``None`` before the first reward."""
+        return self.mean if self.reward_count else None
+
+    @property
+    def variance(self) -> float | None:
+        """Sample variance of the rewards, ``None`` with fewer than two."""
+        return self.m2 / (self.reward_count - 1) if self.reward_count > 1 else None
+
+    def add_reward(self, value: float) -> None:
+        """Welford's update: numerically stable, O(1), exact replay order matters."""
+        self.reward_count += 1
+        delta = value - self.mean
+        self.mean += delta / self.reward_count
+        self.m2 += delta * (value - self.mean)
+
+    def to_stats(self) -> CandidateStats:
+        """The wire ``CandidateStats`` shape."""
+        return {
+            "candidate_id": self.candidate_id,
+            "avg_reward": self.avg_reward,
+            "rollout_count": self.rollout_count,
+            "reward_count": self.reward_count,
+            "reward_m2": self.m2,
+            "is_baseline": self.is_baseline,
+            "status": self.status,
+            "parent_id": self.parent_id,
+        }
+
+    def to_item(self, *, content: bool = True, payload: bool = True) -> CandidateItem:
+        """The wire ``CandidateItem`` shape; ``content``/``payload`` choose the heavy fields."""
+        item: CandidateItem = {
+            "candidate_id": self.candidate_id,
+            "status": self.status,
+            "avg_reward": self.avg_reward,
+            "rollout_count": self.rollout_count,
+            "reward_count": self.reward_count,
+            "parent_id": self.parent_id,
+            "is_baseline": self.is_baseline,
+            "created_at": self.created_at,
+            "generation": self.generation,
+        }
+        if content:
+            item["candidate_content"] = self.content
+        if payload:
+            item["artifact_payload"] = self.payload
+        return item
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able snapshot form."""
+        return {
+            "candidate_id": self.candidate_id,
+            "content": self.content,
+            "payload": self.payload,
+            "parent_id": self.parent_id,
+            "is_baseline": self.is_baseline,
+            "generation": self.generation,
+            "created_at": self.created_at,
+            "seq": self.seq,
+            "status": self.status,
+            "archive_reason": self.archive_reason,
+            "metadata": self.metadata,
+            "rollout_count": self.rollout_count,
+            "reward_count": self.reward_count,
+            "mean": self.mean,
+            "m2": self.m2,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CandidateState:
+        """Inverse of :meth:`to_json`."""
+        return cls(**data)
+
+
+def best_candidate(
+    candidates: Mapping[str, CandidateState],
+    baseline_id: str | None,
+    min_rewards: int = DEFAULT_MIN_REWARDS_FOR_BEST,
+) -> CandidateState | None:
+    """The selection policy for "best" (one function: the optimizer replaces it later).
+
+    Among active candidates with at least ``min_rewards`` rewards, the highest
+    mean wins; a tie with the baseline goes to the baseline, other ties to the
+    earliest created. With no eligible candidate, the baseline.
+    """
+    baseline = candidates.get(baseline_id) if baseline_id else None
+    best: CandidateState | None = None
+    for cand in candidates.values():  # insertion order = creation order
+        if cand.status != "active" or cand.reward_count < min_rewards:
+            continue
+        if best is None or cand.mean > best.mean:
+            best = cand
+    if best is None:
+        return baseline
+    if (
+        baseline is not None
+        and baseline.status == "active"
+        and baseline.reward_count >= min_rewards
+        and baseline.mean >= best.mean
+    ):
+        return baseline
+    return best
+
+
+class SessionStateMachine:
+    """The in-memory materialisation of one session's events.
+
+    ``version`` is the seq of the last applied event; ``applied_events`` counts
+    them (the engine snapshots every N events per session).
+    """
+
+    __slots__ = (
+        "applied_events",
+        "baseline_candidate_id",
+        "candidates",
+        "config",
+        "created_at",
+        "generation",
+        "kind",
+        "min_rewards_for_best",
+        "reward_count",
+        "rollout_count",
+        "session_id",
+        "status",
+        "version",
+    )
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.kind: str | None = None  # None until session_created is applied
+        self.status = "running"
+        self.created_at = 0.0
+        self.config: dict[str, Any] = {}
+        self.generation = 0
+        self.baseline_candidate_id: str | None = None
+        self.candidates: dict[str, CandidateState] = {}
+        self.rollout_count = 0
+        self.reward_count = 0
+        self.version = 0
+        self.applied_events = 0
+        self.min_rewards_for_best = DEFAULT_MIN_REWARDS_FOR_BEST
+
+    @property
+    def exists(self) -> bool:
+        """Whether ``session_created`` has been applied."""
+        return self.kind is not None
+
+    @property
+    def baseline(self) -> CandidateState | None:
+        """The baseline candidate of the current generation."""
+        bid = self.baseline_candidate_id
+        return self.candidates.get(bid) if bid else None
+
+    # -- applying events -------------------------------------------------
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; return False (and change nothing) if it is already applied.
+
+        Unknown event types only advance ``version``, so an older reader can
+        tail a log written by a newer one.
+        """
+        if event.session_id != self.session_id:
+            raise ValueError(
+                f"event for session {event.session_id!r} applied to {self.session_id!r}"
+            )
+        if event.seq <= self.version:
+            return False
+        handler = _HANDLERS.get(event.type)
+        if handler is not None:
+            handler(self, event)
+        self.version = event.seq
+        self.applied_events += 1
+        return True
+
+    def _on_session_created(self, event: Event) -> None:
+        p = event.payload
+        self.kind = p.get("kind") or "mipro_online"
+        self.config = dict(p.get("config") or {})
+        self.created_at = event.created_at
+        self.status = "running"
+        mr = self.config.get("min_rollouts_for_best")
+        if isinstance(mr, int) and not isinstance(mr, bool) and mr >= 0:
+            self.min_rewards_for_best = mr
+
+    def _on_candidate_added(self, event: Event) -> None:
+        p = event.payload
+        cid = p["candidate_id"]
+        is_baseline = bool(p.get("is_baseline"))
+        if is_baseline:
+            old = self.baseline
+            if old is not None:
+                old.is_baseline = False
+            self.baseline_candidate_id = cid
+        self.candidates[cid] = CandidateState(
+            candidate_id=cid,
+            content=p.get("content"),
+            payload=p.get("payload"),
+            parent_id=p.get("parent_id"),
+            is_baseline=is_baseline,
+            generation=int(p.get("generation", self.generation)),
+            created_at=event.created_at,
+            seq=event.seq,
+            metadata=p.get("metadata"),
+        )
+
+    def _on_candidate_archived(self, event: Event) -> None:
+        cand = self.candidates.get(event.payload["candidate_id"])
+        if cand is not None:
+            cand.status = "archived"
+            cand.archive_reason = event.payload.get("reason")
+
+    def _on_baseline_changed(self, event: Event) -> None:
+        self.generation = int(event.payload["generation"])
+
+    def _on_rollout(self, event: Event) -> None:
+        if event.payload.get("supplement"):  # details for an implicit rollout: counted already
+            return
+        self.rollout_count += 1
+        cand = self.candidates.get(event.payload.get("candidate_id") or "")
+        if cand is not None:
+            cand.rollout_count += 1
+
+    def _on_reward(self, event: Event) -> None:
+        self.reward_count += 1
+        cand = self.candidates.get(event.payload.get("candidate_id") or "")
+        if cand is not None:
+            cand.add_reward(float(event.payload["value"]))
+
+    def _on_session_status(self, event: Event) -> None:
+        self.status = event.payload["status"]
+
+    # -- views -------------------------------------------------------------
+
+    def best(self) -> CandidateState | None:
+        """The current best candidate (see :func:`best_candidate`)."""
+        return best_candidate(
+            self.candidates, self.baseline_candidate_id, self.min_rewards_for_best
+        )
+
+    def to_wire(self) -> SessionState:
+        """The state in the wire ``SessionState`` shape."""
+        best = self.best()
+        best_reward = best.avg_reward if best is not None else None
+        return {
+            "session_id": self.session_id,
+            "kind": self.kind or "mipro_online",
+            "status": self.status,
+            "version": self.version,
+            "rollout_count": self.rollout_count,
+            "reward_count": self.reward_count,
+            "best_candidate_id": best.candidate_id if best is not None else None,
+            "best_reward": best_reward,
+            "best_objective_value": best_reward,
+            "baseline_candidate_id": self.baseline_candidate_id,
+            "generation": self.generation,
+            "candidates": [c.to_stats() for c in self.candidates.values()],
+        }
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """A JSON-able copy from which :meth:`from_snapshot` rebuilds this exact state."""
+        return {
+            "format": _SNAPSHOT_FORMAT,
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "status": self.status,
+            "created_at": self.created_at,
+            "config": self.config,
+            "generation": self.generation,
+            "baseline_candidate_id": self.baseline_candidate_id,
+            "rollout_count": self.rollout_count,
+            "reward_count": self.reward_count,
+            "version": self.version,
+            "applied_events": self.applied_events,
+            "min_rewards_for_best": self.min_rewards_for_best,
+            "candidates": [c.to_json() for c in self.candidates.values()],
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: Mapping[str, Any]) -> SessionStateMachine:
+        """Rebuild a state from :meth:`to_snapshot` output."""
+        if data.get("format") != _SNAPSHOT_FORMAT:
+            raise ValueError(f"unsupported snapshot format {data.get('format')!r}")
+        st = cls(data["session_id"])
+        st.kind = data["kind"]
+        st.status = data["status"]
+        st.created_at = data["created_at"]
+        st.config = dict(data["config"] or {})
+        st.generation = data["generation"]
+        st.baseline_candidate_id = data["baseline_candidate_id"]
+        st.rollout_count = data["rollout_count"]
+        st.reward_count = data["reward_count"]
+        st.version = data["version"]
+        st.applied_events = data["applied_events"]
+        st.min_rewards_for_best = data["min_rewards_for_best"]
+        for c in data["candidates"]:
+            cand = CandidateState.from_json(c)
+            st.candidates[cand.candidate_id] = cand
+        return st
+
+
+_HANDLERS: dict[str, Callable[[SessionStateMachine, Event], None]] = {
+    SESSION_CREATED: SessionStateMachine._on_session_created,
+    CANDIDATE_ADDED: SessionStateMachine._on_candidate_added,
+    CANDIDATE_ARCHIVED: SessionStateMachine._on_candidate_archived,
+    BASELINE_CHANGED: SessionStateMachine._on_baseline_changed,
+    ROLLOUT: SessionStateMachine._on_rollout,
+    REWARD: SessionStateMachine._on_reward,
+    SESSION_STATUS: SessionStateMachine._on_session_status,
+}

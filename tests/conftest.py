@@ -1,0 +1,58 @@
+"""Shared fixtures: a real local OpenAI-compatible server, real SQLite backends,
+and an OpenTelemetry SDK provider with an in-memory exporter."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+BANKING77_DIR = SHARED / "data" / "banking77"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("SYNTH_EXIT_FLUSH_TIMEOUT", "2")
+
+
+@pytest.fixture(scope="session")
+def model_server() -> Iterator[object]:
+    from synth_middleware.testing import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(model_server):  # type: ignore[no-untyped-def]
+    model_server.reset()
+    yield model_server
+    model_server.reset()
+
+
+@pytest.fixture
+def backend(tmp_path: Path):  # type: ignore[no-untyped-def]
+    import synth_middleware as synth
+    from synth_middleware.backends.local import LocalBackend
+
+    b = LocalBackend(str(tmp_path / "synth.db"))
+    yield b
+    synth.flush(2.0)  # let queued rollouts/rewards reach it before it closes
+    b.close()
+
+
+@pytest.fixture
+def otel():  # type: ignore[no-untyped-def]
+    """(provider, exporter): an SDK provider that is NOT installed globally."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()

@@ -1,0 +1,47 @@
+"""Small helpers shared by tests (not fixtures)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+BASELINE = "You are a support assistant. Classify the user's request."
+CANDIDATE = "CANDIDATE-A: You are a precise banking intent classifier."
+CANDIDATE_B = "CANDIDATE-B: Answer with one intent label only."
+
+
+def seed(backend: Any, session: str, *texts: str, baseline: str = BASELINE) -> list[str]:
+    """Create ``session`` with ``baseline`` and add candidates; return their ids."""
+    backend.ensure_session(session, baseline=baseline)
+    return [backend.add_candidate(session, t) for t in texts]
+
+
+def pick(candidate_id: str) -> Callable[..., Any]:
+    """A selection callable that always serves ``candidate_id``."""
+
+    def select(candidates: Any, rollout: Any) -> Any:
+        return candidate_id
+
+    return select
+
+
+def messages(user: str = "I lost my card", system: str = BASELINE) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
+def candidate_stats(backend: Any, session: str, candidate_id: str) -> dict[str, Any]:
+    state = backend.get_state(session)
+    for c in state["candidates"]:
+        if c["candidate_id"] == candidate_id:
+            return dict(c)
+    raise KeyError(candidate_id)

@@ -1,0 +1,536 @@
+"""Engine tests on real SQLite files: stats, idempotency, bad input, generations,
+paging, restart/snapshot replay, threads and processes sharing one file."""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import random
+import statistics
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synth_middleware.engine import Engine, SessionStateMachine, SqliteStore, StorageError
+from synth_middleware.engine.state import Event, best_candidate
+from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
+
+SID = "sess-1"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "synth.db"
+
+
+@pytest.fixture
+def engine(db: Path) -> Iterator[Engine]:
+    eng = Engine(SqliteStore(db))
+    yield eng
+    eng.close()
+
+
+def rollouts(session: str, ids: list[str], cand: str | None) -> list[dict[str, Any]]:
+    return [
+        {"session_id": session, "rollout_id": rid, "candidate_id": cand, "created_at": 1.0}
+        for rid in ids
+    ]
+
+
+def reward(key: str, rid: str, value: Any, **extra: Any) -> dict[str, Any]:
+    return {"idempotency_key": key, "rollout_id": rid, "value": value, "created_at": 2.0, **extra}
+
+
+def stats_of(state: dict[str, Any], cid: str) -> dict[str, Any]:
+    return next(c for c in state["candidates"] if c["candidate_id"] == cid)
+
+
+def test_stats_match_statistics_module(engine: Engine) -> None:
+    state = engine.ensure_session(SID, baseline="You are helpful.")
+    base = state["baseline_candidate_id"]
+    cand = engine.add_candidate(SID, "You are very helpful.")
+    rng = random.Random(7)
+    values: dict[str, list[float]] = {base: [], cand: []}
+    n = 0
+    for cid in (base, cand, base):  # interleave batches across candidates
+        ids = [f"ro_{n + i}" for i in range(300)]
+        engine.record_rollouts(rollouts(SID, ids, None if cid == base else cid))
+        batch = []
+        for rid in ids:
+            v = rng.gauss(0.5, 0.2) if cid == base else rng.random() * 3 - 1
+            values[cid].append(v)
+            batch.append(reward(f"k_{rid}", rid, v))
+        assert {r["status"] for r in engine.record_rewards(batch)} == {"accepted"}
+        n += 300
+
+    st = engine.get_state(SID)
+    assert st["rollout_count"] == st["reward_count"] == 900
+    for cid, vals in values.items():
+        s = stats_of(st, cid)
+        assert s["rollout_count"] == s["reward_count"] == len(vals)
+        assert s["avg_reward"] == pytest.approx(statistics.fmean(vals), rel=1e-12)
+        variance = s["reward_m2"] / (s["reward_count"] - 1)
+        assert variance == pytest.approx(statistics.variance(vals), rel=1e-9)
+    # integer rewards count as numbers too
+    engine.record_rollouts(rollouts(SID, ["ro_int"], cand))
+    assert engine.record_rewards([reward("k_int", "ro_int", 1)])[0]["status"] == "accepted"
+
+
+def test_reward_and_rollout_idempotency(engine: Engine, db: Path) -> None:
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    engine.record_rollouts(rollouts(SID, ["r1", "r2"], None))
+    res = engine.record_rollouts(rollouts(SID, ["r1", "r2", "r3"], None))
+    assert (res.accepted, res.duplicates) == (1, 2)
+
+    first = engine.record_rewards([reward("k1", "r1", 1.0), reward("k1", "r1", 0.0)])
+    assert [r["status"] for r in first] == ["accepted", "duplicate"]  # duplicate within a batch
+    again = engine.record_rewards([reward("k1", "r1", 0.0), reward("k2", "r2", 0.0)])
+    assert [r["status"] for r in again] == ["duplicate", "accepted"]
+
+    # ... and after a restart (the keys live in the database, not in memory)
+    other = Engine(SqliteStore(db))
+    assert other.record_rewards([reward("k2", "r2", 1.0)])[0]["status"] == "duplicate"
+    other.close()
+
+    s = stats_of(engine.get_state(SID), base)
+    assert (s["rollout_count"], s["reward_count"], s["avg_reward"]) == (3, 2, 0.5)
+
+
+def test_bad_input_matrix_keeps_good_items_and_prior_data(engine: Engine) -> None:
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    engine.record_rollouts(rollouts(SID, [f"r{i}" for i in range(20)], None))
+    engine.record_rewards([reward("prior", "r0", 0.25)])
+    before = stats_of(engine.get_state(SID), base)
+
+    bad: list[tuple[dict[str, Any], str]] = [
+        (reward("nan", "r1", math.nan), "finite"),
+        (reward("inf", "r2", math.inf), "finite"),
+        (reward("-inf", "r3", -math.inf), "finite"),
+        (reward("str", "r4", "1"), "finite"),
+        (reward("bool", "r5", True), "finite"),
+        (reward("none", "r6", None), "finite"),
+        (reward("unknown", "no-such-rollout", 1.0), "unknown rollout"),
+        (reward("big", "r7", 1.0, feedback="x" * (64 * 1024 + 1)), "feedback"),
+        (reward("meta", "r8", 1.0, metadata={"x": math.nan}), "metadata"),
+        (reward("", "r9", 1.0), "idempotency_key"),
+        (reward("stop", "r10", 1.0, stop="yes"), "stop"),
+    ]
+    good = [
+        reward("g1", "r11", 1.0, feedback="y" * (64 * 1024)),  # exactly at the limit
+        reward("g2", "r12", 0.0, metadata={"expected": "a", "predicted": "a"}),
+    ]
+    batch = [bad[0][0], good[0], *[b for b, _ in bad[1:]], good[1]]
+    results = engine.record_rewards(batch)
+
+    assert len(results) == len(batch)
+    assert [r["idempotency_key"] for r in results] == [b["idempotency_key"] for b in batch]
+    by_key = {r["idempotency_key"]: r for r in results}
+    for record, needle in bad:
+        r = by_key[record["idempotency_key"]]
+        assert r["status"] == "rejected", record
+        assert needle in (r.get("error") or ""), (needle, r)
+    assert by_key["g1"]["status"] == by_key["g2"]["status"] == "accepted"
+
+    after = stats_of(engine.get_state(SID), base)
+    assert after["reward_count"] == before["reward_count"] + 2
+    assert after["avg_reward"] == pytest.approx((0.25 + 1.0 + 0.0) / 3)
+    # rejected keys were not burnt: a corrected resend is accepted
+    assert engine.record_rewards([reward("nan", "r1", 0.5)])[0]["status"] == "accepted"
+    fb = {r["rollout_id"]: r["rewards"] for r in engine.rollout_records(SID, 50)}
+    assert fb["r11"][0]["feedback"] == "y" * (64 * 1024)
+    assert fb["r12"][0]["metadata"] == {"expected": "a", "predicted": "a"}
+
+
+def test_reward_before_its_rollout_is_accepted_with_token_fields(engine: Engine) -> None:
+    state = engine.ensure_session(SID, baseline="b")
+    base = state["baseline_candidate_id"]
+    cand = engine.add_candidate(SID, "c")
+    results = engine.record_rewards(
+        [
+            reward("a", "early-1", 1.0, session_id=SID, candidate_id=cand),
+            reward("b", "early-2", 0.0, session_id=SID, candidate_id=None),  # baseline served
+            reward("c", "early-3", 1.0, session_id=SID, candidate_id="cand_nope"),
+            reward("d", "early-4", 1.0, session_id="other-session", candidate_id=cand),
+            reward("e", "early-5", 1.0),
+        ]
+    )
+    assert [r["status"] for r in results] == [
+        "accepted",
+        "accepted",
+        "rejected",
+        "rejected",
+        "rejected",
+    ]
+    st = engine.get_state(SID)
+    assert (stats_of(st, cand)["rollout_count"], stats_of(st, cand)["reward_count"]) == (1, 1)
+    assert (stats_of(st, base)["rollout_count"], stats_of(st, base)["reward_count"]) == (1, 1)
+
+    # The rollout record arrives later: its details are kept, nothing is counted twice.
+    late = rollouts(SID, ["early-1"], cand)
+    late[0]["input"] = [{"role": "user", "content": "hi"}]
+    res = engine.record_rollouts(late)
+    assert (res.accepted, res.supplemented, res.duplicates) == (0, 1, 0)
+    assert engine.record_rollouts(late).duplicates == 1
+    st = engine.get_state(SID)
+    assert st["rollout_count"] == 2 and stats_of(st, cand)["rollout_count"] == 1
+    rec = {r["rollout_id"]: r for r in engine.rollout_records(SID)}
+    assert rec["early-1"]["input"] == [{"role": "user", "content": "hi"}]
+    assert rec["early-1"]["implicit"] is False and rec["early-2"]["implicit"] is True
+    assert rec["early-1"]["rewards"][0]["value"] == 1.0
+
+
+def test_rollouts_for_unknown_sessions_or_candidates_are_skipped(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    with caplog.at_level(logging.WARNING, logger="synth_middleware.engine"):
+        res = engine.record_rollouts(
+            [
+                *rollouts(SID, ["ok"], None),
+                *rollouts("nobody", ["x1"], None),
+                *rollouts(SID, ["x2"], "cand_000000000000"),
+                {"session_id": "bad id!", "rollout_id": "x3", "candidate_id": None},
+                *rollouts(SID, ["ok2"], base),
+            ]
+        )
+    assert (res.accepted, res.skipped) == (2, 3)
+    assert [i for i, _ in res.errors] == [1, 2, 3]
+    assert len([r for r in caplog.records if "skipped 3" in r.getMessage()]) == 1
+    assert stats_of(engine.get_state(SID), base)["rollout_count"] == 2
+
+
+def test_baseline_change_starts_a_generation_and_archives_old_candidates(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    s0 = engine.ensure_session(SID, baseline="v1")
+    old_base = s0["baseline_candidate_id"]
+    c1 = engine.add_candidate(SID, "v1 improved")
+    c2 = engine.add_candidate(SID, "v1 other")
+    engine.archive_candidate(SID, c2, reason="manual")
+    version = engine.get_state(SID)["version"]
+    assert engine.ensure_session(SID, baseline="v1")["version"] == version  # same text: no event
+    assert engine.ensure_session(SID)["version"] == version  # no baseline given: no change
+
+    with caplog.at_level(logging.WARNING, logger="synth_middleware.engine"):
+        s1 = engine.ensure_session(SID, baseline="v2")
+        engine.ensure_session(SID, baseline="v2")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert s1["generation"] == 1
+    new_base = s1["baseline_candidate_id"]
+    assert new_base not in (old_base, c1)
+    by_id = {c["candidate_id"]: c for c in s1["candidates"]}
+    assert by_id[old_base]["status"] == by_id[c1]["status"] == "archived"
+    assert by_id[new_base]["status"] == "active" and by_id[new_base]["is_baseline"]
+    assert [c["candidate_id"] for c in s1["candidates"] if c["is_baseline"]] == [new_base]
+    assert engine.get_candidate(new_base)["candidate_content"] == "v2"
+    assert engine.get_candidate(new_base)["generation"] == 1
+    assert engine.get_candidate(c1)["generation"] == 0
+    reasons = {
+        e.payload["candidate_id"]: e.payload["reason"]
+        for e in engine.iter_events(SID)
+        if e.type == "candidate_archived"
+    }
+    assert reasons == {c2: "manual", old_base: "prompt_changed", c1: "prompt_changed"}
+    # a rollout with no candidate now counts for the new baseline
+    engine.record_rollouts(rollouts(SID, ["r"], None))
+    assert stats_of(engine.get_state(SID), new_base)["rollout_count"] == 1
+
+
+def test_archive_and_status_filter(engine: Engine) -> None:
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    cands = [engine.add_candidate(SID, f"c{i}") for i in range(5)]
+    assert engine.archive_candidate(SID, cands[1]) is True
+    assert engine.archive_candidate(SID, cands[1]) is False
+    engine.archive_candidate(SID, cands[3])
+    with pytest.raises(InvalidRequestError):
+        engine.archive_candidate(SID, base)
+    with pytest.raises(NotFoundError):
+        engine.archive_candidate(SID, "cand_unknown")
+    with pytest.raises(NotFoundError):
+        engine.archive_candidate("no-session", cands[0])
+
+    def ids(status: str | None) -> set[str]:
+        page = engine.list_candidates(SID, status=status)
+        return {c["candidate_id"] for c in page["items"]}
+
+    assert ids("archived") == {cands[1], cands[3]}
+    assert ids("active") == {base, cands[0], cands[2], cands[4]}
+    assert ids(None) == ids("all") == {base, *cands}
+    assert engine.get_candidate(cands[1])["status"] == "archived"
+    with pytest.raises(InvalidRequestError):
+        engine.list_candidates(SID, status="deleted")
+
+
+def test_candidates_payloads_and_lookups(engine: Engine) -> None:
+    engine.ensure_session(SID, baseline="b")
+    payload = {
+        "object": "transformation",
+        "text_replacements": [{"old_text": "b", "new_text": "B", "apply_to_role": "system"}],
+    }
+    parent = engine.add_candidate(SID, "p")
+    cid = engine.add_candidate(SID, None, payload=payload, parent_id=parent, metadata={"by": "t"})
+    item = engine.get_candidate(cid)
+    assert item["candidate_content"] is None and item["artifact_payload"] == payload
+    assert item["parent_id"] == parent and item["is_baseline"] is False
+    assert item["status"] == "active" and item["avg_reward"] is None
+    assert cid.startswith("cand_") and len(cid) == len("cand_") + 12
+    page = engine.list_candidates(SID, include=())
+    assert all("candidate_content" not in c for c in page["items"])
+    assert next(c for c in page["items"] if c["candidate_id"] == cid)["artifact_payload"] == payload
+    with pytest.raises(NotFoundError):
+        engine.add_candidate(SID, "x", parent_id="cand_missing")
+    with pytest.raises(InvalidRequestError):
+        engine.add_candidate(SID, None)
+    with pytest.raises(InvalidRequestError):
+        engine.add_candidate(SID, "x", payload={"bad": math.nan})
+    with pytest.raises(NotFoundError):
+        engine.get_candidate("cand_missing")
+    with pytest.raises(NotFoundError):
+        engine.add_candidate("missing", "x")
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 201, "has space", "slash/id", "ü", None, 12])
+def test_session_id_validation(engine: Engine, bad: Any) -> None:
+    with pytest.raises(InvalidRequestError):
+        engine.ensure_session(bad, baseline="b")
+    assert isinstance(InvalidRequestError("x"), BackendError)
+
+
+def test_session_ids_and_not_found(engine: Engine) -> None:
+    ok = "A-z_0.9:" + "x" * 192
+    engine.ensure_session(ok, baseline="b")
+    assert engine.session_ids() == [ok]
+    with pytest.raises(NotFoundError):
+        engine.get_state("missing")
+    with pytest.raises(InvalidRequestError):
+        engine.ensure_session("s", kind="other")  # type: ignore[arg-type]
+
+
+def test_paging_visits_every_candidate_once(engine: Engine) -> None:
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    cands = [engine.add_candidate(SID, f"c{i}") for i in range(56)]
+    rng = random.Random(3)
+    recs, rws = [], []
+    for i, cid in enumerate(cands[:40]):  # 16 candidates without rewards (avg None)
+        for j in range(rng.randint(1, 3)):
+            rid = f"r{i}_{j}"
+            recs.append({"session_id": SID, "rollout_id": rid, "candidate_id": cid})
+            rws.append(reward(f"k{rid}", rid, float(rng.randint(0, 3))))  # many ties
+    engine.record_rollouts(recs)
+    engine.record_rewards(rws)
+    everyone = {base, *cands}
+    for sort in (None, "avg_reward:desc,created_at:desc", "objective:asc", "rollout_count"):
+        seen: list[str] = []
+        cursor = None
+        pages = 0
+        while True:
+            page = engine.list_candidates(SID, limit=10, cursor=cursor, sort=sort)
+            seen += [c["candidate_id"] for c in page["items"]]
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == 6 and len(seen) == len(set(seen)) == 57 and set(seen) == everyone
+    ranked = engine.list_candidates(SID, limit=1000, sort="avg_reward:desc")["items"]
+    avgs = [c["avg_reward"] for c in ranked]
+    rewarded = [a for a in avgs if a is not None]
+    assert rewarded == sorted(rewarded, reverse=True)
+    assert avgs[len(rewarded) :] == [None] * (57 - len(rewarded))  # no rewards: last
+    assert engine.list_candidates(SID)["items"][0]["candidate_id"] == base  # created_at:asc
+    for kwargs in ({"limit": 0}, {"limit": 1001}, {"limit": True}, {"cursor": "!!"}):
+        with pytest.raises(InvalidRequestError):
+            engine.list_candidates(SID, **kwargs)
+    with pytest.raises(InvalidRequestError):
+        engine.list_candidates(SID, sort="name:desc")
+
+
+def _rich_history(engine: Engine) -> None:
+    rng = random.Random(11)
+    engine.ensure_session(SID, baseline="v1", kind="gepa_online")
+    engine.ensure_session("other", baseline="o")
+    cands = [engine.add_candidate(SID, f"c{i}", metadata={"i": i}) for i in range(4)]
+    engine.archive_candidate(SID, cands[0])
+    for b in range(6):
+        ids = [f"r{b}_{i}" for i in range(40)]
+        engine.record_rollouts(rollouts(SID, ids, rng.choice([None, *cands[1:]])))
+        engine.record_rollouts(rollouts("other", [f"o{x}" for x in ids], None))
+        engine.record_rewards(
+            [reward(f"k{rid}", rid, rng.random(), feedback=f"fb{rid}") for rid in ids]
+        )
+        if b == 3:
+            engine.ensure_session(SID, baseline="v2")
+            engine.add_candidate(SID, "c-gen1")
+    engine.set_status(SID, "paused")
+
+
+def test_restart_on_the_same_file_gives_the_identical_state(db: Path) -> None:
+    first = Engine(SqliteStore(db))
+    _rich_history(first)
+    expected = first.get_state(SID)
+    expected_list = first.list_candidates(SID, sort="avg_reward:desc")
+    expected_snapshot = first.session_state(SID).to_snapshot()
+    first.close()
+
+    second = Engine(SqliteStore(db))
+    assert second.get_state(SID) == expected
+    assert second.list_candidates(SID, sort="avg_reward:desc") == expected_list
+    assert second.session_state(SID).to_snapshot() == expected_snapshot
+    assert expected["status"] == "paused" and expected["kind"] == "gepa_online"
+    assert expected["reward_count"] == 240 and expected["generation"] == 1
+    second.close()
+
+
+def test_snapshot_plus_replay_equals_full_replay(db: Path) -> None:
+    writer = Engine(SqliteStore(db), snapshot_every=7)
+    _rich_history(writer)
+    writer.record_rollouts(rollouts(SID, ["tail"], None))  # events after the last snapshot
+    live = writer.session_state(SID).to_snapshot()
+
+    store = SqliteStore(db)
+    snap = store.load_snapshot(SID)
+    assert snap is not None
+    snap_seq = snap[0]
+    last_seq = max(e.seq for e in writer.iter_events(SID))
+    assert 0 < snap_seq < last_seq  # a snapshot exists and events follow it
+
+    full = SessionStateMachine(SID)
+    for event in writer.iter_events(SID, 0):
+        full.apply(event)
+    assert full.to_snapshot() == live
+
+    restored = Engine(store)  # loads: latest snapshot + replay of later events
+    assert restored.session_state(SID).to_snapshot() == live
+    assert restored.get_state(SID) == full.to_wire()
+    # replaying an already-applied event changes nothing
+    some = next(iter(writer.iter_events(SID, 0)))
+    assert full.apply(some) is False
+    writer.close()
+    restored.close()
+
+
+def test_best_candidate_policy() -> None:
+    st = SessionStateMachine(SID)
+    seq = iter(range(1, 10_000))
+
+    def ev(type_: str, **payload: Any) -> None:
+        st.apply(Event(next(seq), SID, type_, payload, 1.0))
+
+    ev("session_created", kind="mipro_online", config={"min_rollouts_for_best": 3})
+    ev("candidate_added", candidate_id="base", is_baseline=True, generation=0)
+    ev("candidate_added", candidate_id="a", generation=0)
+    ev("candidate_added", candidate_id="b", generation=0)
+    assert st.best() is not None and st.best().candidate_id == "base"  # type: ignore[union-attr]
+    for v in (1.0, 1.0):
+        ev("reward", candidate_id="a", value=v)
+    assert st.to_wire()["best_candidate_id"] == "base"  # too few rewards
+    ev("reward", candidate_id="a", value=1.0)
+    assert st.to_wire()["best_candidate_id"] == "a"
+    for _ in range(3):
+        ev("reward", candidate_id="base", value=1.0)
+    assert st.to_wire()["best_candidate_id"] == "base"  # tie goes to the baseline
+    ev("candidate_archived", candidate_id="base")
+    assert best_candidate(st.candidates, "base", 3).candidate_id == "a"  # type: ignore[union-attr]
+
+
+def test_stop_and_set_status(engine: Engine) -> None:
+    engine.ensure_session(SID, baseline="b")
+    engine.record_rollouts(rollouts(SID, ["r1", "r2"], None))
+    assert engine.set_status(SID, "paused")["status"] == "paused"
+    assert engine.set_status(SID, "running")["status"] == "running"
+    with pytest.raises(InvalidRequestError):
+        engine.set_status(SID, "done")
+    with pytest.raises(NotFoundError):
+        engine.set_status("nope", "paused")
+    engine.record_rewards([reward("k1", "r1", 1.0, stop=True), reward("k2", "r2", 0.0)])
+    st = engine.get_state(SID)
+    assert st["status"] == "completed" and st["reward_count"] == 2
+    statuses = [e.payload["status"] for e in engine.iter_events(SID) if e.type == "session_status"]
+    assert statuses == ["paused", "running", "completed"]
+
+
+def test_threads_record_concurrently_with_exact_counts(db: Path) -> None:
+    engine = Engine(SqliteStore(db), snapshot_every=50)
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    cand = engine.add_candidate(SID, "c")
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for b in range(25):
+                ids = [f"t{t}_{b}_{i}" for i in range(20)]
+                engine.record_rollouts(rollouts(SID, ids, cand if t % 2 else None))
+                res = engine.record_rewards([reward(f"k{rid}", rid, 1.0) for rid in ids])
+                assert all(r["status"] == "accepted" for r in res)
+                engine.get_state(SID)
+                engine.list_candidates(SID)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    st = engine.get_state(SID)
+    assert st["rollout_count"] == st["reward_count"] == 8 * 25 * 20
+    assert stats_of(st, base)["reward_count"] == stats_of(st, cand)["reward_count"] == 2000
+    engine.close()
+    reopened = Engine(SqliteStore(db))
+    assert reopened.get_state(SID) == st
+    reopened.close()
+
+
+def _process_worker(path: str, tag: str, barrier: Any, out: Any) -> None:
+    engine = Engine(SqliteStore(path), snapshot_every=100)
+    state = engine.ensure_session(SID, baseline="b")
+    cand = engine.add_candidate(SID, f"from {tag}")
+    barrier.wait(timeout=30)  # write at the same time
+    for b in range(20):
+        ids = [f"{tag}_{b}_{i}" for i in range(50)]
+        engine.record_rollouts(rollouts(SID, ids[:25], cand) + rollouts(SID, ids[25:], None))
+        res = engine.record_rewards([reward(f"k{rid}", rid, 1.0) for rid in ids])
+        assert all(r["status"] == "accepted" for r in res)
+    barrier.wait(timeout=30)  # both done writing: now read what the other wrote too
+    st = engine.get_state(SID)
+    out.put((tag, state["baseline_candidate_id"], st))
+    engine.close()
+
+
+def test_two_processes_share_one_file(db: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(str(db), tag, barrier, out)) for tag in "AB"]
+    for p in procs:
+        p.start()
+    answers = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    (_, base_a, st_a), (_, base_b, st_b) = answers
+    assert base_a == base_b  # one session, one baseline, although both "created" it
+    for st in (st_a, st_b):
+        assert st["rollout_count"] == st["reward_count"] == 2 * 20 * 50
+        assert len(st["candidates"]) == 3
+        assert stats_of(st, base_a)["reward_count"] == 1000
+    assert st_a["candidates"] == st_b["candidates"]
+    engine = Engine(SqliteStore(db))
+    final = engine.get_state(SID)
+    assert final["reward_count"] == 2000 and final["version"] == max(
+        st_a["version"], st_b["version"]
+    )
+    engine.close()
+
+
+def test_closed_store_raises_storage_error(db: Path) -> None:
+    engine = Engine(SqliteStore(db))
+    engine.ensure_session(SID, baseline="b")
+    engine.close()
+    with pytest.raises(StorageError) as info:
+        engine.get_state(SID)
+    assert info.value.retryable

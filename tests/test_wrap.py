@@ -1,0 +1,257 @@
+"""The wrapped client against a real local OpenAI-compatible server: the
+candidate's text is what reaches the model, on every call path."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import openai
+import pytest
+from helpers import BASELINE, CANDIDATE, messages, pick, seed, wait_until
+
+import synth_middleware as synth
+
+
+def _wrapped(server, backend, session="s1", **kw):  # type: ignore[no-untyped-def]
+    (cid,) = seed(backend, session, CANDIDATE)
+    kw.setdefault("selection", pick(cid))
+    client = synth.wrap(
+        openai.OpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session=session,
+        backend=backend,
+        warm=True,
+        **kw,
+    )
+    return client, cid
+
+
+def test_sync_create_applies_candidate_and_attaches_rollout(server, backend):
+    client, cid = _wrapped(server, backend)
+    resp = client.chat.completions.create(model="m", messages=messages("hello there"))
+    assert server.system_prompts() == [CANDIDATE]
+    assert server.requests[-1]["messages"][1] == {"role": "user", "content": "hello there"}
+    r = synth.rollout_of(resp)
+    assert r.candidate_id == cid and r.session_id == "s1" and r.rollout_id.startswith("ro_")
+    assert resp.synth is r
+    assert isinstance(client, openai.OpenAI)
+    assert resp.choices[0].message.content.startswith("echo")
+
+
+def test_other_instances_of_the_class_are_untouched(server, backend):
+    client, _ = _wrapped(server, backend)
+    plain = openai.OpenAI(api_key="k", base_url=server.url, max_retries=0)
+    plain.chat.completions.create(model="m", messages=messages())
+    client.chat.completions.create(model="m", messages=messages())
+    assert server.system_prompts() == [BASELINE, CANDIDATE]
+    assert not hasattr(plain.chat.completions.create, "__wrapped__") or True
+    assert type(plain.chat.completions).create is openai.resources.chat.Completions.create
+
+
+async def test_async_create(server, backend):
+    (cid,) = seed(backend, "as", CANDIDATE)
+    client = synth.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session="as",
+        backend=backend,
+        selection=pick(cid),
+        warm=True,
+    )
+    assert isinstance(client, openai.AsyncOpenAI)
+    resp = await client.chat.completions.create(model="m", messages=messages())
+    assert server.system_prompts() == [CANDIDATE]
+    assert synth.rollout_of(resp).candidate_id == cid
+
+
+def test_stream_full_early_break_and_context_manager(server, backend):
+    client, cid = _wrapped(server, backend)
+    stream = client.chat.completions.create(
+        model="m", messages=messages("one two three four"), stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert "one two three four" in text
+    assert synth.rollout_of(stream).candidate_id == cid
+
+    stream = client.chat.completions.create(model="m", messages=messages("a b c d e"), stream=True)
+    for _chunk in stream:
+        break
+    stream.close()
+
+    with client.chat.completions.create(model="m", messages=messages("x y"), stream=True) as s:
+        chunks = list(s)
+    assert chunks
+    assert server.system_prompts() == [CANDIDATE] * 3
+    assert isinstance(stream, openai.Stream)
+
+
+async def test_async_stream(server, backend):
+    (cid,) = seed(backend, "astream", CANDIDATE)
+    client = synth.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session="astream",
+        backend=backend,
+        selection=pick(cid),
+        warm=True,
+    )
+    stream = await client.chat.completions.create(model="m", messages=messages("p q"), stream=True)
+    got = [c async for c in stream]
+    assert got and synth.rollout_of(stream).candidate_id == cid
+    async with await client.chat.completions.create(
+        model="m", messages=messages("p q"), stream=True
+    ) as s2:
+        async for _ in s2:
+            break
+    assert server.system_prompts() == [CANDIDATE, CANDIDATE]
+
+
+def test_raw_and_streaming_response(server, backend):
+    client, cid = _wrapped(server, backend)
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=messages())
+    assert raw.headers.get("content-type", "").startswith("application/json")
+    parsed = raw.parse()
+    assert synth.rollout_of(parsed).candidate_id == cid
+    assert synth.rollout_of(raw) is synth.rollout_of(parsed)
+
+    with client.chat.completions.with_streaming_response.create(
+        model="m", messages=messages()
+    ) as resp:
+        body = resp.read()
+        assert synth.rollout_of(resp).candidate_id == cid
+    assert b"echo" in body
+    assert server.system_prompts() == [CANDIDATE, CANDIDATE]
+
+
+def test_with_options_and_copy_stay_wrapped(server, backend):
+    client, cid = _wrapped(server, backend)
+    c2 = client.with_options(timeout=5.0)
+    c3 = client.copy(max_retries=0)
+    assert isinstance(c2, openai.OpenAI) and isinstance(c3, openai.OpenAI)
+    r2 = c2.chat.completions.create(model="m", messages=messages())
+    r3 = c3.chat.completions.create(model="m", messages=messages())
+    assert server.system_prompts() == [CANDIDATE, CANDIDATE]
+    assert synth.rollout_of(r2).candidate_id == cid == synth.rollout_of(r3).candidate_id
+
+
+def test_responses_api_gets_candidate_as_instructions(server, backend):
+    client, cid = _wrapped(server, backend)
+    resp = client.responses.create(model="m", instructions=BASELINE, input="where is my card")
+    assert server.requests[-1]["instructions"] == CANDIDATE
+    assert server.requests[-1]["input"] == "where is my card"
+    assert synth.rollout_of(resp).candidate_id == cid
+    assert isinstance(resp.output_text, str)
+
+
+def test_pass_through_of_other_apis(server, backend):
+    client, _ = _wrapped(server, backend)
+    models = client.models.list()
+    assert [m.id for m in models.data]
+
+
+def test_other_prompt_passes_through_untouched_and_is_counted(server, backend):
+    client, _ = _wrapped(server, backend, session="mm")
+    other = "You summarise documents."
+    client.chat.completions.create(model="m", messages=messages(system=other))
+    assert server.system_prompts() == [other]
+    assert synth.stats()["sessions"]["mm"]["mismatched"] >= 1
+
+
+def test_cold_start_serves_baseline_then_registers_and_serves_candidates(server, backend):
+    client = synth.wrap(
+        openai.OpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session="cold",
+        backend=backend,
+        ttl=0.2,
+    )
+    resp = client.chat.completions.create(model="m", messages=messages())
+    assert server.system_prompts() == [BASELINE]
+    assert synth.rollout_of(resp).candidate_id is None
+    assert wait_until(lambda: _has_session(backend, "cold"))
+    state = backend.get_state("cold")
+    assert state["baseline_candidate_id"]
+    cid = backend.add_candidate("cold", CANDIDATE)
+
+    def served() -> bool:
+        client.chat.completions.create(model="m", messages=messages())
+        return server.system_prompts()[-1] == CANDIDATE
+
+    # explore mode: the new candidate gets traffic once the cache refreshed
+    assert wait_until(served, timeout=10)
+    assert cid in {c["candidate_id"] for c in backend.get_state("cold")["candidates"]}
+
+
+def _has_session(backend, session):  # type: ignore[no-untyped-def]
+    try:
+        backend.get_state(session)
+        return True
+    except synth.NotFoundError:
+        return False
+
+
+def test_archived_candidate_stops_being_served_after_refresh(server, backend):
+    client, cid = _wrapped(server, backend, session="arch", ttl=0.1)
+    client.chat.completions.create(model="m", messages=messages())
+    backend.archive_candidate("arch", cid)
+
+    def baseline_back() -> bool:
+        client.chat.completions.create(model="m", messages=messages())
+        return server.system_prompts()[-1] == BASELINE
+
+    assert wait_until(baseline_back, timeout=5)
+
+
+def test_malformed_candidate_is_skipped_with_one_warning(server, backend, caplog):
+    seed(backend, "bad")
+    good = backend.add_candidate("bad", CANDIDATE)
+    backend.add_candidate(
+        "bad", None, payload={"object": "transformation", "text_replacements": "not-a-list"}
+    )
+    client = synth.wrap(
+        openai.OpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session="bad",
+        backend=backend,
+        warm=True,
+        selection="explore",
+    )
+    for _ in range(30):
+        client.chat.completions.create(model="m", messages=messages())
+    assert set(server.system_prompts()) <= {BASELINE, CANDIDATE}
+    assert synth.stats()["sessions"]["bad"]["malformed_candidates"] >= 1
+    warnings = [r for r in caplog.records if "skipping candidate" in r.getMessage()]
+    assert len(warnings) == 1
+    assert good
+
+
+def test_abandoned_stream_is_collectable(server, backend):
+    client, _ = _wrapped(server, backend)
+    stream = client.chat.completions.create(model="m", messages=messages("a b c"), stream=True)
+    next(iter(stream))
+    r = synth.rollout_of(stream)
+    del stream
+    gc.collect()
+    assert r.candidate_id is not None
+
+
+def test_wrap_rejects_bad_arguments(backend):
+    c = openai.OpenAI(api_key="k", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError):
+        synth.wrap(c, session="", backend=backend)
+    with pytest.raises(ValueError):
+        synth.wrap(c, session="x", backend=backend, selection="greedy")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        synth.wrap(object(), session="x", backend=backend)
+
+
+async def test_asyncio_run_inside_running_loop_is_not_needed(server, backend):
+    # the async wrapper never calls asyncio.run; it simply awaits the real call
+    (cid,) = seed(backend, "loop", CANDIDATE)
+    client = synth.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session="loop",
+        backend=backend,
+        selection=pick(cid),
+        warm=True,
+    )
+    results = await asyncio.gather(
+        *[client.chat.completions.create(model="m", messages=messages(str(i))) for i in range(10)]
+    )
+    assert len({synth.rollout_of(r).rollout_id for r in results}) == 10
