@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import queue
 import random
 import statistics
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -486,19 +488,24 @@ def test_threads_record_concurrently_with_exact_counts(db: Path) -> None:
 
 
 def _process_worker(path: str, tag: str, barrier: Any, out: Any) -> None:
-    engine = Engine(SqliteStore(path), snapshot_every=100)
-    state = engine.ensure_session(SID, baseline="b")
-    cand = engine.add_candidate(SID, f"from {tag}")
-    barrier.wait(timeout=30)  # write at the same time
-    for b in range(20):
-        ids = [f"{tag}_{b}_{i}" for i in range(50)]
-        engine.record_rollouts(rollouts(SID, ids[:25], cand) + rollouts(SID, ids[25:], None))
-        res = engine.record_rewards([reward(f"k{rid}", rid, 1.0) for rid in ids])
-        assert all(r["status"] == "accepted" for r in res)
-    barrier.wait(timeout=30)  # both done writing: now read what the other wrote too
-    st = engine.get_state(SID)
-    out.put((tag, state["baseline_candidate_id"], st))
-    engine.close()
+    try:
+        engine = Engine(SqliteStore(path), snapshot_every=100)
+        state = engine.ensure_session(SID, baseline="b")
+        cand = engine.add_candidate(SID, f"from {tag}")
+        barrier.wait(timeout=60)  # write at the same time
+        for b in range(20):
+            ids = [f"{tag}_{b}_{i}" for i in range(50)]
+            engine.record_rollouts(rollouts(SID, ids[:25], cand) + rollouts(SID, ids[25:], None))
+            res = engine.record_rewards([reward(f"k{rid}", rid, 1.0) for rid in ids])
+            assert all(r["status"] == "accepted" for r in res)
+        barrier.wait(timeout=60)  # both done writing: now read what the other wrote too
+        out.put((tag, state["baseline_candidate_id"], engine.get_state(SID)))
+        engine.close()
+    except BaseException:
+        import traceback
+
+        out.put((tag, None, traceback.format_exc()))
+        raise
 
 
 def test_two_processes_share_one_file(db: Path) -> None:
@@ -508,10 +515,19 @@ def test_two_processes_share_one_file(db: Path) -> None:
     procs = [ctx.Process(target=_process_worker, args=(str(db), tag, barrier, out)) for tag in "AB"]
     for p in procs:
         p.start()
-    answers = [out.get(timeout=60) for _ in procs]
+    answers: list[Any] = []
+    deadline = time.monotonic() + 150
+    while len(answers) < len(procs) and time.monotonic() < deadline:
+        try:
+            answers.append(out.get(timeout=0.5))
+        except queue.Empty:  # a child that died without answering (e.g. at import) ends the wait
+            if all(p.exitcode is not None for p in procs) and out.empty():
+                break
+    assert len(answers) == len(procs), [p.exitcode for p in procs]
     for p in procs:
         p.join(timeout=30)
-        assert p.exitcode == 0
+    assert all(base is not None for _, base, _ in answers), answers
+    assert [p.exitcode for p in procs] == [0, 0]
     (_, base_a, st_a), (_, base_b, st_b) = answers
     assert base_a == base_b  # one session, one baseline, although both "created" it
     for st in (st_a, st_b):

@@ -819,7 +819,10 @@ class Engine:
 
     def iter_events(self, session_id: str, after_seq: int = 0) -> Iterator[Event]:
         """The session's events with ``seq > after_seq``, oldest first, read in pages."""
-        validate_session_id(session_id)
+        validate_session_id(session_id)  # now, not at the first next()
+        return self._event_pages(session_id, after_seq)
+
+    def _event_pages(self, session_id: str, after_seq: int) -> Iterator[Event]:
         last = after_seq
         while True:
             page = self._store.read_events(session_id, last, 1000)
