@@ -16,18 +16,26 @@ def machine() -> str:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], *, calls: int, rounds: int
+    fns: dict[str, Callable[[], object]], *, calls: int, rounds: int, cpu: bool = False
 ) -> dict[str, list[float]]:
     """Per-call seconds for each fn, measured in alternating rounds so that
-    noise on this shared machine hits every contender alike."""
+    noise on this shared machine hits every contender alike. With ``cpu``,
+    the calling thread's CPU time (excludes other threads and GIL waits)."""
+    clock = time.thread_time if cpu else time.perf_counter
     out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(calls):
                 fn()
-            out[name].append((time.perf_counter() - t0) / calls)
+            out[name].append((clock() - t0) / calls)
     return out
+
+
+def paired_median(a: list[float], b: list[float]) -> float:
+    """Median of per-round differences a - b (robust to drifting machine load)."""
+    diffs = sorted(x - y for x, y in zip(a, b, strict=True))
+    return diffs[len(diffs) // 2]
 
 
 def median_us(samples: list[float]) -> float:
@@ -45,3 +53,32 @@ def rss_mb() -> float:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _serve_forever(port_queue: object) -> None:
+    import threading
+
+    from synth_middleware.testing import FakeOpenAIServer
+
+    server = FakeOpenAIServer().start()
+    port_queue.put(server.url)  # type: ignore[attr-defined]
+    threading.Event().wait()
+
+
+class ModelServerProcess:
+    """A FakeOpenAIServer in its own process, so the model side does not share
+    the benchmark process's GIL (as a real model provider would not)."""
+
+    def __enter__(self) -> ModelServerProcess:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        self._proc = ctx.Process(target=_serve_forever, args=(q,), daemon=True)
+        self._proc.start()
+        self.url: str = q.get(timeout=60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._proc.terminate()
+        self._proc.join(10)

@@ -21,11 +21,11 @@ import tracemalloc
 from pathlib import Path
 
 import openai
-from _common import interleaved, machine, median_us, rss_mb
+from _common import ModelServerProcess, interleaved, machine, median_us, paired_median, rss_mb
 
 import synth_middleware as synth
 from synth_middleware.backends.local import LocalBackend
-from synth_middleware.testing import FakeOpenAIServer, in_memory_http_client
+from synth_middleware.testing import in_memory_http_client
 
 SYSTEM = "You are a support assistant. Classify the customer's request."
 CAND = "You are a banking intent classifier. Answer with one label."
@@ -36,10 +36,22 @@ def _wrapped(raw: openai.OpenAI, backend: LocalBackend, session: str) -> openai.
     return synth.wrap(raw, session=session, backend=backend, warm=True, ttl=3600)
 
 
+def _thread_cpu(reporter: object) -> float:
+    """CPU seconds used so far by the reporter's worker thread (Linux)."""
+    import os
+
+    thread = reporter._thread  # type: ignore[attr-defined]
+    tid = thread.native_id
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run(calls: int, rounds: int, mem_calls: int) -> dict[str, float]:
     logging.basicConfig(level=logging.WARNING)
     res: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer() as server:
+    with tempfile.TemporaryDirectory() as tmp, ModelServerProcess() as server:
         backend = LocalBackend(str(Path(tmp) / "bench.db"))
         for s in ("loop", "mem"):
             backend.ensure_session(s, baseline=SYSTEM)
@@ -47,8 +59,9 @@ def run(calls: int, rounds: int, mem_calls: int) -> dict[str, float]:
 
         # -- loopback
         raw = openai.OpenAI(api_key="k", base_url=server.url, max_retries=0)
-        wrapped = _wrapped(openai.OpenAI(api_key="k", base_url=server.url, max_retries=0),
-                           backend, "loop")
+        wrapped = _wrapped(
+            openai.OpenAI(api_key="k", base_url=server.url, max_retries=0), backend, "loop"
+        )
         for c in (raw, wrapped):
             for _ in range(50):
                 c.chat.completions.create(model="m", messages=MESSAGES)
@@ -65,32 +78,51 @@ def run(calls: int, rounds: int, mem_calls: int) -> dict[str, float]:
         res["loopback_ratio"] = res["loopback_wrapped_us"] / res["loopback_raw_us"]
 
         # -- in-memory transport: pure client-side cost
-        mraw = openai.OpenAI(api_key="k", base_url="http://fake/v1",
-                             http_client=in_memory_http_client(), max_retries=0)
+        mraw = openai.OpenAI(
+            api_key="k",
+            base_url="http://fake/v1",
+            http_client=in_memory_http_client(),
+            max_retries=0,
+        )
         mwrapped = _wrapped(
-            openai.OpenAI(api_key="k", base_url="http://fake/v1",
-                          http_client=in_memory_http_client(), max_retries=0),
-            backend, "mem",
+            openai.OpenAI(
+                api_key="k",
+                base_url="http://fake/v1",
+                http_client=in_memory_http_client(),
+                max_retries=0,
+            ),
+            backend,
+            "mem",
         )
         for c in (mraw, mwrapped):
             for _ in range(200):
                 c.chat.completions.create(model="m", messages=MESSAGES)
         synth.flush(10)
-        t = interleaved(
-            {
-                "raw": lambda: mraw.chat.completions.create(model="m", messages=MESSAGES),
-                "wrapped": lambda: mwrapped.chat.completions.create(model="m", messages=MESSAGES),
-            },
-            calls=calls,
-            rounds=rounds,
-        )
+        mem_fns = {
+            "raw": lambda: mraw.chat.completions.create(model="m", messages=MESSAGES),
+            "wrapped": lambda: mwrapped.chat.completions.create(model="m", messages=MESSAGES),
+        }
+        t = interleaved(mem_fns, calls=calls, rounds=rounds)
         res["memory_raw_us"] = median_us(t["raw"])
         res["memory_wrapped_us"] = median_us(t["wrapped"])
-        res["added_us"] = res["memory_wrapped_us"] - res["memory_raw_us"]
-        # per-round paired differences are more robust than a difference of medians
-        diffs = sorted(w - r for w, r in zip(t["wrapped"], t["raw"], strict=True))
-        res["added_us_paired_median"] = diffs[len(diffs) // 2] * 1e6
+        # wall time in a saturated loop: includes the background delivery of
+        # every rollout to SQLite, which shares the GIL with the calling thread
+        res["added_wall_us"] = paired_median(t["wrapped"], t["raw"]) * 1e6
         synth.flush(30)
+        # the request path alone: CPU time of the calling thread
+        t = interleaved(mem_fns, calls=calls, rounds=rounds, cpu=True)
+        res["added_cpu_us"] = paired_median(t["wrapped"], t["raw"]) * 1e6
+        synth.flush(30)
+        # the background worker's cost per rollout delivered to the local backend
+        rep = mwrapped._self_cfg.runtime.reporter
+        n_before = rep.stats().rollouts_sent
+        cpu0 = _thread_cpu(rep)
+        for _ in range(5000):
+            mwrapped.chat.completions.create(model="m", messages=MESSAGES)
+        synth.flush(30)
+        res["delivery_cpu_us"] = (
+            (_thread_cpu(rep) - cpu0) / max(1, rep.stats().rollouts_sent - n_before) * 1e6
+        )
 
         # -- reward() cost (enqueue only)
         resp = mwrapped.chat.completions.create(model="m", messages=MESSAGES)
@@ -140,13 +172,19 @@ def main() -> None:
     args = ap.parse_args()
     r = run(args.calls, args.rounds, args.mem_calls)
     print(f"machine: {machine()}")
-    print(f"loopback  raw {r['loopback_raw_us']:.0f} us  wrapped {r['loopback_wrapped_us']:.0f} us"
-          f"  ratio {r['loopback_ratio']:.3f}")
-    print(f"in-memory raw {r['memory_raw_us']:.1f} us  wrapped {r['memory_wrapped_us']:.1f} us"
-          f"  added {r['added_us']:.1f} us (paired median {r['added_us_paired_median']:.1f} us)")
+    print(
+        f"loopback  raw {r['loopback_raw_us']:.0f} us  wrapped {r['loopback_wrapped_us']:.0f} us"
+        f"  ratio {r['loopback_ratio']:.3f}"
+    )
+    print(f"in-memory raw {r['memory_raw_us']:.1f} us  wrapped {r['memory_wrapped_us']:.1f} us")
+    print(f"  added on the request path (calling thread CPU): {r['added_cpu_us']:.1f} us")
+    print(f"  added wall time, saturated loop incl. delivery:  {r['added_wall_us']:.1f} us")
+    print(f"  background delivery CPU per rollout:            {r['delivery_cpu_us']:.1f} us")
     print(f"reward()  {r['reward_us']:.2f} us per call")
-    print(f"memory    {r['mem_calls']} calls: RSS {r['rss_start_mb']:.1f} -> {r['rss_end_mb']:.1f}"
-          f" MiB, traced growth {r['traced_growth_kb']:.0f} KiB")
+    print(
+        f"memory    {r['mem_calls']} calls: RSS {r['rss_start_mb']:.1f} -> {r['rss_end_mb']:.1f}"
+        f" MiB, traced growth {r['traced_growth_kb']:.0f} KiB"
+    )
 
 
 if __name__ == "__main__":

@@ -60,4 +60,8 @@ def __getattr__(name: str) -> object:
         from synth_middleware.backends.http import HttpBackend
 
         return HttpBackend
+    if name in ("SynthClient", "AsyncSynthClient"):
+        from synth_middleware import sdk
+
+        return getattr(sdk, name)
     raise AttributeError(f"module 'synth_middleware' has no attribute {name!r}")

@@ -39,9 +39,21 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_macs: dict[str | bytes, hmac.HMAC] = {}
+
+
 def _sign(secret: str | bytes, body: str) -> str:
-    key = secret.encode() if isinstance(secret, str) else secret
-    return _b64(hmac.new(key, body.encode("ascii"), hashlib.sha256).digest()[:_SIG_BYTES])
+    base = _macs.get(secret)
+    if base is None:  # keyed once per secret; copy() is cheaper than re-keying
+        key = secret.encode() if isinstance(secret, str) else secret
+        base = _macs[secret] = hmac.new(key, digestmod=hashlib.sha256)
+        if len(_macs) > 64:  # secrets rotate rarely; keep the map bounded anyway
+            _macs.clear()
+            _macs[secret] = base
+    mac = base.copy()
+    mac.update(body.encode("ascii"))
+    return _b64(mac.digest()[:_SIG_BYTES])
 
 
 def encode_token(
@@ -55,7 +67,9 @@ def encode_token(
     """Encode a rollout token; signed when ``secret`` is given."""
     ts = int(time.time() if issued_at is None else issued_at)
     body = _b64(
-        json.dumps([_VERSION, session_id, rollout_id, candidate_id, ts], separators=(",", ":")).encode()
+        json.dumps(
+            [_VERSION, session_id, rollout_id, candidate_id, ts], separators=(",", ":")
+        ).encode()
     )
     if secret:
         return f"{body}.{_sign(secret, body)}"

@@ -8,7 +8,6 @@ response (``response.synth`` / :func:`rollout_of`).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
@@ -17,6 +16,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
+from synth_middleware._ids import random_hex
 from synth_middleware._tokens import encode_token
 from synth_middleware.settings import settings
 
@@ -30,8 +30,8 @@ _current: ContextVar[Rollout | None] = ContextVar("synth_current_rollout", defau
 
 
 def new_rollout_id() -> str:
-    """A fresh rollout id (``os.urandom`` is several times cheaper than uuid4)."""
-    return "ro_" + os.urandom(12).hex()
+    """A fresh rollout id."""
+    return "ro_" + random_hex(96)
 
 
 @dataclass(slots=True, eq=False)
@@ -53,6 +53,8 @@ class Rollout:
     _runtime: Any = field(default=None, repr=False)
     _token: str | None = field(default=None, repr=False)
     _recorded: bool = field(default=False, repr=False)
+    # (span context, tracer provider) of the rollout's span, for reward events
+    _otel: Any = field(default=None, repr=False)
 
     @property
     def token(self) -> str:
@@ -135,12 +137,20 @@ class rollout:
         self.__exit__(*exc)
 
 
-def _safe_detach(token: object) -> None:
-    """Detach an OTel context token without the SDK's error log on a task hop."""
-    from opentelemetry.context import _RUNTIME_CONTEXT  # the API's own runtime context
+try:  # the API's own runtime context: detaching through it skips the error log
+    from opentelemetry.context import _RUNTIME_CONTEXT as _OTEL_RUNTIME
+except ImportError:  # pragma: no cover - a future API without it
+    _OTEL_RUNTIME = None
 
+
+def _safe_detach(token: object) -> None:
+    """Detach an OTel context token; on a task hop (token from another context)
+    there is nothing to restore, and the API would log an error for it."""
+    if _OTEL_RUNTIME is None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+        return
     try:
-        _RUNTIME_CONTEXT.detach(token)  # type: ignore[arg-type]
+        _OTEL_RUNTIME.detach(token)  # type: ignore[arg-type]
     except Exception:
         pass
 

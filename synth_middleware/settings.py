@@ -7,6 +7,7 @@
 | ``SYNTH_DB`` | SQLite file of the embedded backend (default ``.synth/synth.db``) |
 | ``SYNTH_TOKEN_SECRET`` | secret that signs rollout tokens |
 | ``SYNTH_OUTBOX`` | SQLite file of the durable reward outbox (off when unset) |
+| ``SYNTH_OUTBOX_SYNC`` | ``1``: commit each reward to the outbox inside ``reward()`` (slower, no window) |
 | ``SYNTH_EXIT_FLUSH_TIMEOUT`` | seconds the exit-time flush may wait (default 2) |
 """
 
@@ -41,6 +42,11 @@ class Settings:
         default_factory=lambda: os.environ.get("SYNTH_TOKEN_SECRET") or None
     )
     outbox_path: str | None = field(default_factory=lambda: os.environ.get("SYNTH_OUTBOX") or None)
+    outbox_sync: bool = field(
+        default_factory=lambda: (
+            os.environ.get("SYNTH_OUTBOX_SYNC", "").strip().lower() in ("1", "true", "yes", "on")
+        )
+    )
     exit_flush_timeout: float = field(
         default_factory=lambda: _env_float("SYNTH_EXIT_FLUSH_TIMEOUT", 2.0)
     )

@@ -421,6 +421,7 @@ def test_best_candidate_policy() -> None:
     def ev(type_: str, **payload: Any) -> None:
         st.apply(Event(next(seq), SID, type_, payload, 1.0))
 
+    # The full policy (posterior promotion, rollback, pruning) is tested in test_policy.py.
     ev("session_created", kind="mipro_online", config={"min_rollouts_for_best": 3})
     ev("candidate_added", candidate_id="base", is_baseline=True, generation=0)
     ev("candidate_added", candidate_id="a", generation=0)
@@ -429,11 +430,13 @@ def test_best_candidate_policy() -> None:
     for v in (1.0, 1.0):
         ev("reward", candidate_id="a", value=v)
     assert st.to_wire()["best_candidate_id"] == "base"  # too few rewards
+    for _ in range(3):
+        ev("reward", candidate_id="base", value=0.0)
     ev("reward", candidate_id="a", value=1.0)
-    assert st.to_wire()["best_candidate_id"] == "a"
+    assert st.to_wire()["best_candidate_id"] == "a"  # P(a beats base) >= 0.9 with 3 rewards
     for _ in range(3):
         ev("reward", candidate_id="base", value=1.0)
-    assert st.to_wire()["best_candidate_id"] == "base"  # tie goes to the baseline
+    assert st.to_wire()["best_candidate_id"] == "base"  # no longer convincingly better
     ev("candidate_archived", candidate_id="base")
     assert best_candidate(st.candidates, "base", 3).candidate_id == "a"  # type: ignore[union-attr]
 

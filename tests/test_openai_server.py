@@ -23,7 +23,11 @@ from synth_middleware.testing import (
     in_memory_http_client,
 )
 
-pytestmark = pytest.mark.filterwarnings("error")
+# Warnings are errors here, except unclosed-transport noise that other tests' servers
+# may leave for the garbage collector to report at a random later point.
+pytestmark = pytest.mark.filterwarnings(
+    "error", "ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning"
+)
 
 USER = [{"role": "user", "content": "hello there"}]
 

@@ -255,3 +255,32 @@ async def test_asyncio_run_inside_running_loop_is_not_needed(server, backend):
         *[client.chat.completions.create(model="m", messages=messages(str(i))) for i in range(10)]
     )
     assert len({synth.rollout_of(r).rollout_id for r in results}) == 10
+
+
+def test_prompt_change_is_detected_once_and_registered(server, backend, caplog):
+    client, cid = _wrapped(server, backend, session="deploy", ttl=0.1)
+    client.chat.completions.create(model="m", messages=messages())
+    new_prompt = "You are support v2. Classify the request into one intent."
+    for _ in range(25):
+        client.chat.completions.create(model="m", messages=messages(system=new_prompt))
+    # passed through untouched meanwhile: never the old prompt's candidate
+    assert set(server.system_prompts()[1:]) == {new_prompt}
+    assert wait_until(lambda: backend.get_state("deploy").get("generation", 0) >= 1)
+    state = backend.get_state("deploy")
+    old = next(c for c in state["candidates"] if c["candidate_id"] == cid)
+    assert old["status"] == "archived"
+    warnings = [r for r in caplog.records if "system prompt changed" in r.getMessage()]
+    assert len(warnings) == 1
+    assert synth.stats()["sessions"]["deploy"]["prompt_changes"] == 1
+
+
+def test_azure_client_is_wrapped(server, backend):
+    (cid,) = seed(backend, "azure", CANDIDATE)
+    azure = openai.AzureOpenAI(
+        api_key="k", api_version="2024-06-01", base_url=server.url, max_retries=0
+    )
+    client = synth.wrap(azure, session="azure", backend=backend, selection=pick(cid), warm=True)
+    assert isinstance(client, openai.AzureOpenAI)
+    resp = client.chat.completions.create(model="m", messages=messages())
+    assert server.system_prompts() == [CANDIDATE]
+    assert synth.rollout_of(resp).candidate_id == cid

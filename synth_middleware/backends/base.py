@@ -58,6 +58,9 @@ class SessionState(TypedDict, total=False):
     baseline_candidate_id: str | None
     generation: int  # bumped when the app's own prompt changes
     candidates: list[CandidateStats]
+    policy: dict[str, Any]  # selection policy: P(best) per candidate, leader, evidence
+    optimizer: dict[str, Any]  # optimizer status: status, last_error, proposals, malformed
+    reward_range: list[float] | None  # [min, max] of the rewards seen
 
 
 class RolloutRecord(TypedDict):

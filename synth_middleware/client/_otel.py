@@ -20,6 +20,7 @@ from opentelemetry.trace import (
     StatusCode,
 )
 
+from synth_middleware.client._evaluation import anchor
 from synth_middleware.rollout import (
     OTEL_CANDIDATE_KEY,
     OTEL_ROLLOUT_KEY,
@@ -41,12 +42,20 @@ BAGGAGE_ROLLOUT = "synth.rollout_id"
 BAGGAGE_CANDIDATE = "synth.candidate_id"
 
 
+_tracers: dict[int, tuple[object, Tracer]] = {}
+
+
 def tracer_for(provider: TracerProvider | None) -> Tracer | None:
     """Our tracer, or ``None`` when no SDK provider is configured (skip spans)."""
     p = provider if provider is not None else trace.get_tracer_provider()
     if isinstance(p, ProxyTracerProvider | NoOpTracerProvider):
         return None
-    return p.get_tracer("synth_middleware", _VERSION)
+    hit = _tracers.get(id(p))
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    tracer = p.get_tracer("synth_middleware", _VERSION)  # costly in the SDK: once per provider
+    _tracers[id(p)] = (p, tracer)
+    return tracer
 
 
 def id_attributes(r: Rollout) -> dict[str, str]:
@@ -90,9 +99,14 @@ class CallSpan:
                 f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attrs, context=ctx
             )
             ctx = trace.set_span_in_context(self.span, ctx)
-        ctx = otel_context.set_value(OTEL_ROLLOUT_KEY, r.rollout_id, ctx)
-        ctx = otel_context.set_value(OTEL_SESSION_KEY, r.session_id, ctx)
-        ctx = otel_context.set_value(OTEL_CANDIDATE_KEY, r.candidate_id, ctx)
+            if r._otel is None or r._otel[1] is None:  # the rollout's span, for rewards
+                anchor(r, self.span.get_span_context(), provider)
+        # one copy of the context for our three keys (set_value copies each time)
+        values = dict(ctx)
+        values[OTEL_ROLLOUT_KEY] = r.rollout_id
+        values[OTEL_SESSION_KEY] = r.session_id
+        values[OTEL_CANDIDATE_KEY] = r.candidate_id
+        ctx = otel_context.Context(values)
         if baggage:
             ctx = otel_baggage.set_baggage(BAGGAGE_ROLLOUT, r.rollout_id, ctx)
             if r.session_id:

@@ -74,7 +74,9 @@ class SyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
         if error is not None:
             call.fail(error)
         else:
-            call.finish(self._self_collect.summary(), output=self._self_collect.text(), attach=False)
+            call.finish(
+                self._self_collect.summary(), output=self._self_collect.text(), attach=False
+            )
 
     def __iter__(self) -> SyncStream:
         return self
@@ -131,7 +133,9 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         if error is not None:
             call.fail(error)
         else:
-            call.finish(self._self_collect.summary(), output=self._self_collect.text(), attach=False)
+            call.finish(
+                self._self_collect.summary(), output=self._self_collect.text(), attach=False
+            )
 
     def __aiter__(self) -> AsyncStreamProxy:
         return self

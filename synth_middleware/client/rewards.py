@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from synth_middleware._ids import random_hex
 from synth_middleware._tokens import decode_token, looks_like_token
 from synth_middleware.client import registry
+from synth_middleware.client._evaluation import record_reward_event
 from synth_middleware.client.reporter import ReporterStats, all_reporters, flush_all
 from synth_middleware.client.session import all_runtimes
 from synth_middleware.errors import SynthError
@@ -55,7 +56,7 @@ def reward(
             "no wrapped client in this process to deliver the reward through; "
             "call synth_middleware.wrap(...) first"
         )
-    key = os.urandom(16).hex()
+    key = random_hex(128)
     rt.reporter.add_reward(
         {
             "idempotency_key": key,
@@ -69,6 +70,7 @@ def reward(
             "stop": stop,
         }
     )
+    record_reward_event(r, value)  # a gen_ai.evaluation.result event in the trace
     return key
 
 
@@ -107,8 +109,16 @@ def stats() -> dict[str, Any]:
     last_error = None
     for rep in all_reporters():
         s = rep.stats()
-        for name in ("queued", "sent", "rollouts_sent", "retried", "dropped", "failed",
-                     "rejected", "duplicates"):
+        for name in (
+            "queued",
+            "sent",
+            "rollouts_sent",
+            "retried",
+            "dropped",
+            "failed",
+            "rejected",
+            "duplicates",
+        ):
             setattr(total, name, getattr(total, name) + getattr(s, name))
         last_error = s.last_error or last_error
     total.last_error = last_error

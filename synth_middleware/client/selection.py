@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import math
 import random
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Literal
+
+from synth_middleware._posterior import probability_best_from_stats
 
 if TYPE_CHECKING:
     from synth_middleware.client.candidates import Candidate
@@ -24,65 +25,16 @@ SelectionMode = Literal["explore", "best"]
 SelectionCallable = Callable[[Sequence["Candidate"], "Rollout"], "Candidate | str | None"]
 Selection = SelectionMode | SelectionCallable
 
-_GRID = 256
-
-
-def _posterior(stats: dict[str, Any], bounded: bool) -> tuple[float, float]:
-    """Normal approximation (mean, sd) of a candidate's mean-reward posterior."""
-    n = int(stats.get("reward_count") or 0)
-    mean = float(stats.get("avg_reward") or 0.0) if n else 0.0
-    if bounded:
-        # Beta(1 + successes, 1 + failures) for rewards in [0, 1]
-        a = 1.0 + mean * n
-        b = 1.0 + (1.0 - mean) * n
-        m = a / (a + b)
-        var = a * b / ((a + b) ** 2 * (a + b + 1.0))
-        return m, math.sqrt(var)
-    if n < 2:
-        return mean, 1.0 if n == 0 else 0.5
-    m2 = float(stats.get("reward_m2") or 0.0)
-    var = max(m2 / (n - 1), 1e-6)
-    return mean, math.sqrt(var / n)
-
 
 def probability_best(stats: Sequence[dict[str, Any]]) -> list[float]:
     """P(candidate i has the highest mean reward) for each entry of ``stats``.
 
-    Integrates pdf_i(x) * prod_j cdf_j(x) on a grid over Normal approximations
-    of the posteriors; exact enough for routing and ~1 ms for five candidates.
+    The same posterior math the engine's selection policy uses
+    (:mod:`synth_middleware._posterior`): Beta posteriors when every mean is in
+    [0, 1], Normal ones with a pooled prior otherwise, integrated on a grid.
+    Computed once per refresh (about a millisecond for five candidates).
     """
-    k = len(stats)
-    if k == 0:
-        return []
-    if k == 1:
-        return [1.0]
-    bounded = all(
-        s.get("avg_reward") is None or 0.0 <= float(s["avg_reward"]) <= 1.0 for s in stats
-    )
-    post = [_posterior(s, bounded) for s in stats]
-    lo = min(m - 6 * sd for m, sd in post)
-    hi = max(m + 6 * sd for m, sd in post)
-    step = (hi - lo) / _GRID
-    xs = [lo + (i + 0.5) * step for i in range(_GRID)]
-    cdfs = [[0.5 * (1.0 + math.erf((x - m) / (sd * math.sqrt(2.0)))) for x in xs] for m, sd in post]
-    out = []
-    for i, (m, sd) in enumerate(post):
-        norm = 1.0 / (sd * math.sqrt(2.0 * math.pi))
-        total = 0.0
-        for g, x in enumerate(xs):
-            z = (x - m) / sd
-            p = norm * math.exp(-0.5 * z * z)
-            if p < 1e-300:
-                continue
-            for j in range(k):
-                if j != i:
-                    p *= cdfs[j][g]
-            total += p
-        out.append(total * step)
-    s = sum(out)
-    if s <= 0 or not math.isfinite(s):
-        return [1.0 / k] * k
-    return [p / s for p in out]
+    return probability_best_from_stats(stats)
 
 
 def stable_unit(key: str) -> float:

@@ -8,6 +8,7 @@ do not intercept passes straight through to the real client.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import wrapt
@@ -48,6 +49,10 @@ def wrap(
     send_traces: bool = True,
     tracer_provider: TracerProvider | None = None,
     on_error: ErrorCallback | None = None,
+    outbox: str | os.PathLike[str] | bool | None = None,
+    batch_size: int | None = None,
+    flush_interval: float | None = None,
+    max_queue: int | None = None,
 ) -> ClientT:
     """Wrap an ``OpenAI``/``AsyncOpenAI``/``AzureOpenAI`` client for one prompt (session).
 
@@ -65,6 +70,17 @@ def wrap(
         send_traces: send call inputs and outputs with rollouts for the optimizer.
         tracer_provider: use this provider instead of the global one for our spans.
         on_error: called with ``(what, item)`` when a reward is dropped, rejected or failed.
+        outbox: a SQLite file that makes rewards durable (written there before
+            delivery, deleted once the backend confirmed them, leftovers resent
+            at start-up); default ``SYNTH_OUTBOX``; ``False`` turns it off.
+        batch_size: most rewards per backend call (default 500).
+        flush_interval: seconds rewards may gather before a partial batch is
+            sent (default 0.05).
+        max_queue: rewards held in memory before new ones are dropped (counted)
+            or, with an outbox, spilled to it (default 100,000).
+
+    Reporter options apply to the backend's one reporter, shared by every
+    ``wrap()`` on that backend; the first outbox given wins.
     """
     if not isinstance(session, str) or not session:
         raise ValueError("session must be a non-empty string")
@@ -81,12 +97,28 @@ def wrap(
         backend = default_backend()
     from synth_middleware.client import registry
 
+    if outbox is True:
+        raise ValueError("outbox must be a file path, None (SYNTH_OUTBOX) or False")
+    from synth_middleware.settings import settings
+
+    if outbox is None:
+        outbox = settings.outbox_path or False
+    # one reporter per backend; options given here apply to it (the first outbox wins)
+    reporter = reporter_for(
+        backend,
+        on_error=on_error,
+        outbox=os.fspath(outbox) if outbox is not False else None,
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        max_queue=max_queue,
+        outbox_sync=settings.outbox_sync or None,
+    )
     rt = runtime_for(
         backend,
         session,
         selection=selection,
         ttl=ttl,
-        reporter_factory=lambda b: reporter_for(b, on_error=on_error),
+        reporter_factory=lambda b: reporter,
     )
     registry.register_session(session, rt)
     cfg = WrapConfig(

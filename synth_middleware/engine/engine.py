@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from synth_middleware.backends.base import (
     CandidateItem,
@@ -32,10 +32,13 @@ from synth_middleware.backends.base import (
     RolloutRecord,
     SessionState,
 )
+from synth_middleware.engine.config import parse_session_config
 from synth_middleware.engine.state import (
     BASELINE_CHANGED,
     CANDIDATE_ADDED,
     CANDIDATE_ARCHIVED,
+    CONFIG_UPDATED,
+    OPTIMIZER,
     REWARD,
     ROLLOUT,
     SESSION_CREATED,
@@ -47,6 +50,9 @@ from synth_middleware.engine.state import (
 )
 from synth_middleware.engine.store import CandidateRow, RolloutRow, Store, WriteTxn, encode_json
 from synth_middleware.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
 
 logger = logging.getLogger("synth_middleware.engine")
 
@@ -62,6 +68,10 @@ SORT_FIELDS = ("avg_reward", "objective", "rollout_count", "created_at")
 DEFAULT_SORT = "created_at:asc"
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 _CATCH_UP_PAGE = 10_000
+# Event types after which the optimizer runner looks at a session again.
+_OPTIMIZER_WAKE = frozenset(
+    {REWARD, CANDIDATE_ADDED, CANDIDATE_ARCHIVED, BASELINE_CHANGED, SESSION_STATUS, CONFIG_UPDATED}
+)
 
 
 @dataclass(slots=True)
@@ -192,7 +202,13 @@ class Engine:
         *,
         snapshot_every: int = 1000,
         max_cached_sessions: int = 10_000,
+        optimizer: bool | OptimizerOptions | None = None,
     ) -> None:
+        """``optimizer``: run the sessions' online optimizers (MIPRO, GEPA) and the
+        pruning policy in a background thread of this engine: ``True`` for the
+        defaults, or :class:`~synth_middleware.engine.OptimizerOptions`. Off by
+        default: with several processes on one database, enable it where
+        proposals should run (a lease keeps it to one writer per session)."""
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
         self._store = store
@@ -202,11 +218,29 @@ class Engine:
         self._snap_at: dict[str, int] = {}  # applied_events at the last snapshot we know of
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        self._optimizer: OptimizerRunner | None = None
+        self._commit_listeners: list[Callable[[set[str]], None]] = []
+        if optimizer:
+            from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
+
+            opts = optimizer if isinstance(optimizer, OptimizerOptions) else OptimizerOptions()
+            self._optimizer = OptimizerRunner(self, opts)
 
     @property
     def store(self) -> Store:
         """The underlying store."""
         return self._store
+
+    @property
+    def optimizer(self) -> OptimizerRunner | None:
+        """The background optimizer runner, when enabled."""
+        return self._optimizer
+
+    def add_commit_listener(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(session_ids)`` after each commit that wrote events, in the
+        writing thread, with the lock held: it must be quick and must not call back
+        into the engine (the server uses it to wake change-feed waiters)."""
+        self._commit_listeners.append(listener)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -284,6 +318,17 @@ class Engine:
                     self._cache(sid, state)
             for callback in batch.after_commit:
                 callback()
+            if self._optimizer is not None and batch.events:
+                touched = {ev.session_id for ev in batch.events if ev.type in _OPTIMIZER_WAKE}
+                if touched:
+                    self._optimizer.notify(touched)
+            if self._commit_listeners and batch.events:
+                sessions = {ev.session_id for ev in batch.events}
+                for listener in self._commit_listeners:
+                    try:
+                        listener(sessions)
+                    except Exception:
+                        logger.exception("engine: a commit listener failed")
             return result
 
     def _maybe_snapshot(self, batch: _Batch) -> None:
@@ -382,6 +427,7 @@ class Engine:
             _json_size(cfg, "config", MAX_METADATA_BYTES)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
+        parse_session_config(cfg, kind)  # known keys type-checked; the error names the key
 
         def differs(state: SessionStateMachine) -> bool:
             base = state.baseline
@@ -481,6 +527,76 @@ class Engine:
                 raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
             self._set_status(batch, state, status, "requested")
             return state.to_wire()
+
+        return self._write(op)
+
+    def update_config(
+        self, session_id: str, config: Mapping[str, Any], *, replace: bool = False
+    ) -> SessionState:
+        """Merge ``config`` into the session's config (or ``replace`` it); validated
+        like :meth:`ensure_session`'s. Takes effect at once (policy and optimizer)."""
+        validate_session_id(session_id)
+        if not isinstance(config, Mapping):
+            raise InvalidRequestError("config must be a mapping")
+
+        def op(batch: _Batch) -> SessionState:
+            state = self._session(batch, session_id)
+            if state is None:
+                raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
+            merged = dict(config) if replace else {**state.config, **config}
+            try:
+                _json_size(merged, "config", MAX_METADATA_BYTES)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from None
+            parse_session_config(merged, state.kind)
+            if merged != state.config:
+                batch.emit(state, CONFIG_UPDATED, {"config": merged})
+            return state.to_wire()
+
+        return self._write(op)
+
+    def update_optimizer(
+        self,
+        session_id: str,
+        patch: Mapping[str, Any],
+        *,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> bool:
+        """Patch the session's ``optimizer`` state (``None`` values delete keys).
+
+        With ``owner``: refused (``False``) while another owner holds an
+        unexpired lease; ``lease_seconds > 0`` takes or renews the lease,
+        ``0`` releases it. One optimizer writer per session across processes.
+        """
+        validate_session_id(session_id)
+        body = dict(patch)
+        try:
+            _json_size(body, "optimizer patch", MAX_CANDIDATE_BYTES)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+
+        def op(batch: _Batch) -> bool:
+            state = self._session(batch, session_id)
+            if state is None:
+                raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
+            out = dict(body)
+            if owner is not None:
+                lease = state.optimizer.get("lease")
+                if (
+                    isinstance(lease, Mapping)
+                    and lease.get("owner") != owner
+                    and float(lease.get("until") or 0.0) > batch.now
+                ):
+                    return False
+                if lease_seconds is not None:
+                    if lease_seconds > 0:
+                        out["lease"] = {"owner": owner, "until": batch.now + lease_seconds}
+                    elif lease is not None:
+                        out["lease"] = None
+            if out:
+                batch.emit(state, OPTIMIZER, {"patch": out})
+            return True
 
         return self._write(op)
 
@@ -880,7 +996,9 @@ class Engine:
         return out
 
     def close(self) -> None:
-        """Close the store and drop the in-memory states."""
+        """Stop the optimizer runner, close the store and drop the in-memory states."""
+        if self._optimizer is not None:
+            self._optimizer.stop()
         with self._locked():
             self._states.clear()
             self._snap_at.clear()
@@ -989,15 +1107,21 @@ def _parse_rollout(index: int, record: object, now: float) -> _Rollout:
     dropped: list[str] = []
     for name in _DETAIL_FIELDS:
         value = record.get(name)
-        if value is None:
-            continue
-        try:
-            encode_json(value)
-        except (TypeError, ValueError):
-            dropped.append(name)  # keep the rollout: its counts matter more than this field
-            continue
-        detail[name] = value
-    if len(encode_json(detail)) > MAX_ROLLOUT_DETAIL_BYTES:
+        if value is not None:
+            detail[name] = value
+    try:
+        size = len(encode_json(detail))  # one encode in the common case (hot: every rollout)
+    except (TypeError, ValueError):
+        for name in _DETAIL_FIELDS:
+            if name not in detail:
+                continue
+            try:
+                encode_json(detail[name])
+            except (TypeError, ValueError):
+                del detail[name]
+                dropped.append(name)  # keep the rollout: its counts matter more than this field
+        size = len(encode_json(detail))
+    if size > MAX_ROLLOUT_DETAIL_BYTES:
         for name in ("input", "output"):
             if detail.pop(name, None) is not None:
                 dropped.append(name)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synth_middleware.backends.base import CandidateItem, CandidateStats, SessionState
+
+if TYPE_CHECKING:
+    from synth_middleware.engine.policy import PolicyDecision, PolicySettings
 
 # Event types (the ``type`` column of the log).
 SESSION_CREATED = "session_created"
@@ -23,6 +26,8 @@ BASELINE_CHANGED = "baseline_changed"
 ROLLOUT = "rollout"
 REWARD = "reward"
 SESSION_STATUS = "session_status"
+CONFIG_UPDATED = "config_updated"
+OPTIMIZER = "optimizer"  # optimizer status, pools and lease: a shallow patch of ``optimizer``
 
 EVENT_TYPES = frozenset(
     {
@@ -33,11 +38,15 @@ EVENT_TYPES = frozenset(
         ROLLOUT,
         REWARD,
         SESSION_STATUS,
+        CONFIG_UPDATED,
+        OPTIMIZER,
     }
 )
+# Keys of ``SessionStateMachine.optimizer`` that stay internal (not in the wire state).
+OPTIMIZER_INTERNAL_KEYS = frozenset({"lease", "pool"})
 SESSION_STATUSES = ("running", "paused", "cancelled", "completed")
 CANDIDATE_STATUSES = ("active", "archived")
-DEFAULT_MIN_REWARDS_FOR_BEST = 5
+DEFAULT_MIN_REWARDS_FOR_BEST = 20
 _SNAPSHOT_FORMAT = 1
 
 
@@ -152,29 +161,20 @@ def best_candidate(
     baseline_id: str | None,
     min_rewards: int = DEFAULT_MIN_REWARDS_FOR_BEST,
 ) -> CandidateState | None:
-    """The selection policy for "best" (one function: the optimizer replaces it later).
+    """The named best under :func:`synth_middleware.engine.policy.evaluate` with
+    default settings and ``min_rewards`` as the promotion minimum.
 
-    Among active candidates with at least ``min_rewards`` rewards, the highest
-    mean wins; a tie with the baseline goes to the baseline, other ties to the
-    earliest created. With no eligible candidate, the baseline.
+    A candidate is named only once it has ``min_rewards`` rewards and beats the
+    baseline with posterior probability >= 0.9; otherwise the baseline.
     """
-    baseline = candidates.get(baseline_id) if baseline_id else None
-    best: CandidateState | None = None
-    for cand in candidates.values():  # insertion order = creation order
-        if cand.status != "active" or cand.reward_count < min_rewards:
-            continue
-        if best is None or cand.mean > best.mean:
-            best = cand
-    if best is None:
-        return baseline
-    if (
-        baseline is not None
-        and baseline.status == "active"
-        and baseline.reward_count >= min_rewards
-        and baseline.mean >= best.mean
-    ):
-        return baseline
-    return best
+    from synth_middleware.engine.policy import PolicySettings, evaluate
+
+    decision = evaluate(
+        candidates.values(), baseline_id, PolicySettings(min_rollouts_for_best=min_rewards)
+    )
+    if decision.best_id is None:
+        return candidates.get(baseline_id) if baseline_id else None
+    return candidates.get(decision.best_id)
 
 
 class SessionStateMachine:
@@ -185,6 +185,8 @@ class SessionStateMachine:
     """
 
     __slots__ = (
+        "_policy",
+        "_settings",
         "applied_events",
         "baseline_candidate_id",
         "candidates",
@@ -193,7 +195,10 @@ class SessionStateMachine:
         "generation",
         "kind",
         "min_rewards_for_best",
+        "optimizer",
         "reward_count",
+        "reward_max",
+        "reward_min",
         "rollout_count",
         "session_id",
         "status",
@@ -214,6 +219,11 @@ class SessionStateMachine:
         self.version = 0
         self.applied_events = 0
         self.min_rewards_for_best = DEFAULT_MIN_REWARDS_FOR_BEST
+        self.optimizer: dict[str, Any] = {}  # see OPTIMIZER; written by the optimizer runner
+        self.reward_min: float | None = None
+        self.reward_max: float | None = None
+        self._policy: tuple[int, PolicyDecision] | None = None  # cache keyed by version
+        self._settings: PolicySettings | None = None
 
     @property
     def exists(self) -> bool:
@@ -253,9 +263,25 @@ class SessionStateMachine:
         self.config = dict(p.get("config") or {})
         self.created_at = event.created_at
         self.status = "running"
-        mr = self.config.get("min_rollouts_for_best")
-        if isinstance(mr, int) and not isinstance(mr, bool) and mr >= 0:
-            self.min_rewards_for_best = mr
+        self._config_changed()
+
+    def _config_changed(self) -> None:
+        from synth_middleware.engine.policy import PolicySettings
+
+        self._settings = PolicySettings.from_mapping(self.config, self.kind)
+        self.min_rewards_for_best = self._settings.min_rollouts_for_best
+        self._policy = None
+
+    def _on_config_updated(self, event: Event) -> None:
+        self.config = dict(event.payload.get("config") or {})
+        self._config_changed()
+
+    def _on_optimizer(self, event: Event) -> None:
+        for key, value in (event.payload.get("patch") or {}).items():
+            if value is None:
+                self.optimizer.pop(key, None)
+            else:
+                self.optimizer[key] = value
 
     def _on_candidate_added(self, event: Event) -> None:
         p = event.payload
@@ -297,26 +323,67 @@ class SessionStateMachine:
 
     def _on_reward(self, event: Event) -> None:
         self.reward_count += 1
+        value = float(event.payload["value"])
+        if self.reward_min is None or value < self.reward_min:
+            self.reward_min = value
+        if self.reward_max is None or value > self.reward_max:
+            self.reward_max = value
         cand = self.candidates.get(event.payload.get("candidate_id") or "")
         if cand is not None:
-            cand.add_reward(float(event.payload["value"]))
+            cand.add_reward(value)
 
     def _on_session_status(self, event: Event) -> None:
         self.status = event.payload["status"]
 
     # -- views -------------------------------------------------------------
 
-    def best(self) -> CandidateState | None:
-        """The current best candidate (see :func:`best_candidate`)."""
-        return best_candidate(
-            self.candidates, self.baseline_candidate_id, self.min_rewards_for_best
+    @property
+    def rewards_bounded(self) -> bool:
+        """Whether every reward so far lies in [0, 1] (Beta posteriors apply)."""
+        lo, hi = self.reward_min, self.reward_max
+        return lo is None or hi is None or (lo >= 0.0 and hi <= 1.0)
+
+    @property
+    def policy_settings(self) -> PolicySettings:
+        """The selection-policy settings from this session's config."""
+        if self._settings is None:
+            from synth_middleware.engine.policy import PolicySettings
+
+            self._settings = PolicySettings.from_mapping(self.config, self.kind)
+        return self._settings
+
+    def policy(self) -> PolicyDecision:
+        """The selection policy's decision for this version (computed once per version)."""
+        cached = self._policy
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        from synth_middleware.engine.policy import evaluate
+
+        incumbent = self.optimizer.get("best_candidate_id")
+        decision = evaluate(
+            self.candidates.values(),
+            self.baseline_candidate_id,
+            self.policy_settings,
+            bounded=self.rewards_bounded,
+            incumbent=incumbent if isinstance(incumbent, str) else None,
         )
+        self._policy = (self.version, decision)
+        return decision
+
+    def best(self) -> CandidateState | None:
+        """The named best candidate under the selection policy
+        (:mod:`synth_middleware.engine.policy`); the baseline until another
+        candidate has the evidence to be promoted."""
+        best_id = self.policy().best_id
+        if best_id is None:
+            return self.baseline
+        return self.candidates.get(best_id)
 
     def to_wire(self) -> SessionState:
         """The state in the wire ``SessionState`` shape."""
         best = self.best()
         best_reward = best.avg_reward if best is not None else None
-        return {
+        wire: SessionState = {
             "session_id": self.session_id,
             "kind": self.kind or "mipro_online",
             "status": self.status,
@@ -330,6 +397,17 @@ class SessionStateMachine:
             "generation": self.generation,
             "candidates": [c.to_stats() for c in self.candidates.values()],
         }
+        # extensions: the policy's view and the optimizer's status
+        wire["policy"] = self.policy().to_json()
+        wire["optimizer"] = {
+            k: v for k, v in self.optimizer.items() if k not in OPTIMIZER_INTERNAL_KEYS
+        }
+        wire["reward_range"] = (
+            [self.reward_min, self.reward_max]
+            if self.reward_min is not None and self.reward_max is not None
+            else None
+        )
+        return wire
 
     def to_snapshot(self) -> dict[str, Any]:
         """A JSON-able copy from which :meth:`from_snapshot` rebuilds this exact state."""
@@ -347,6 +425,9 @@ class SessionStateMachine:
             "version": self.version,
             "applied_events": self.applied_events,
             "min_rewards_for_best": self.min_rewards_for_best,
+            "optimizer": self.optimizer,
+            "reward_min": self.reward_min,
+            "reward_max": self.reward_max,
             "candidates": [c.to_json() for c in self.candidates.values()],
         }
 
@@ -366,7 +447,10 @@ class SessionStateMachine:
         st.reward_count = data["reward_count"]
         st.version = data["version"]
         st.applied_events = data["applied_events"]
-        st.min_rewards_for_best = data["min_rewards_for_best"]
+        st.optimizer = dict(data.get("optimizer") or {})
+        st.reward_min = data.get("reward_min")
+        st.reward_max = data.get("reward_max")
+        st._config_changed()
         for c in data["candidates"]:
             cand = CandidateState.from_json(c)
             st.candidates[cand.candidate_id] = cand
@@ -381,4 +465,6 @@ _HANDLERS: dict[str, Callable[[SessionStateMachine, Event], None]] = {
     ROLLOUT: SessionStateMachine._on_rollout,
     REWARD: SessionStateMachine._on_reward,
     SESSION_STATUS: SessionStateMachine._on_session_status,
+    CONFIG_UPDATED: SessionStateMachine._on_config_updated,
+    OPTIMIZER: SessionStateMachine._on_optimizer,
 }

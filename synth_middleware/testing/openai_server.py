@@ -548,6 +548,7 @@ class FakeOpenAIServer:
         self._requested_port = port
         self._port: int | None = None
         self._initial_delay = delay
+        self._initial_reply: ReplyFn = self.reply
         self._lock = threading.Lock()
         self._failures: collections.deque[_Failure] = collections.deque()
         self._server: _Server | None = None
@@ -636,7 +637,10 @@ class FakeOpenAIServer:
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets
+        # only when the proto says TCP; without it every answer waits ~40 ms for
+        # the client's delayed ACK (Nagle), which would swamp every measurement.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self._requested_port))
@@ -695,12 +699,13 @@ class FakeOpenAIServer:
             self.headers.clear()
 
     def reset(self) -> None:
-        """:meth:`clear`, drop pending :meth:`fail_next` failures and restore ``delay``."""
+        """:meth:`clear`, drop pending :meth:`fail_next` failures, restore ``delay`` and ``reply``."""
         with self._lock:
             self.requests.clear()
             self.headers.clear()
             self._failures.clear()
         self.delay = self._initial_delay
+        self.reply = self._initial_reply
 
     def fail_next(
         self,
@@ -753,7 +758,9 @@ class FakeOpenAIServer:
 
     def _build_app(self) -> Starlette:
         routes = []
-        for prefix in ("/v1", ""):
+        # Azure OpenAI puts the deployment in the path
+        azure = ("/v1/deployments/{deployment}", "/openai/deployments/{deployment}")
+        for prefix in ("/v1", "", *azure):
             routes += [
                 Route(f"{prefix}{_CHAT_SUFFIX}", self._chat_completions, methods=["POST"]),
                 Route(f"{prefix}{_RESPONSES_SUFFIX}", self._responses, methods=["POST"]),

@@ -1,0 +1,1 @@
+"""A support-intent classifier on Django, with synth-middleware."""

@@ -1,0 +1,9 @@
+"""Banking77 online: the task, its container, an offline stand-in model and the demo.
+
+* :mod:`~synth_middleware.demos.banking77.data`: locate, download (SHA-256 verified)
+  and parse the dataset;
+* :mod:`~synth_middleware.demos.banking77.task`: the task and its container app;
+* :mod:`~synth_middleware.demos.banking77.standin`: the offline stand-in model
+  (TF-IDF nearest neighbours, **not an LLM**);
+* :mod:`~synth_middleware.demos.banking77.demo`: ``synth-middleware demo banking77``.
+"""

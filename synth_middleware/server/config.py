@@ -1,0 +1,54 @@
+"""Server settings (the ``serve`` command's options)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from synth_middleware.server._limits import DEFAULT_MAX_BODY_BYTES
+
+UPSTREAM_KEY_VARS = ("SYNTH_UPSTREAM_API_KEY", "OPENAI_API_KEY")
+
+
+def upstream_key_from_env() -> str | None:
+    """The proxy's upstream key: ``SYNTH_UPSTREAM_API_KEY``, else ``OPENAI_API_KEY``."""
+    for name in UPSTREAM_KEY_VARS:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What :func:`~synth_middleware.server.create_app` needs besides the engine.
+
+    ``api_key``: required on every route but ``/health`` when set.
+    ``upstream_url``: the OpenAI-compatible base URL the proxy forwards to
+    (e.g. ``https://api.openai.com/v1``); ``upstream_api_key`` is sent to it
+    (taken from the environment by default, never from a request).
+    ``public_url``: the base of URLs the server hands out (default: the
+    request's own base URL). ``proxy_refresh_interval``: how stale (seconds)
+    the proxy's candidate probabilities may get under load.
+    ``writer_thread``: run engine writes on a thread instead of the event loop
+    (see :mod:`~synth_middleware.server.writer`).
+    """
+
+    api_key: str | None = None
+    upstream_url: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+    upstream_timeout: float = 60.0
+    upstream_connect_timeout: float = 10.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    public_url: str | None = None
+    dashboard: bool = True
+    proxy_refresh_interval: float = 0.25
+    writer_thread: bool = False
+    external_poll_interval: float = 1.0
+
+    def __repr__(self) -> str:  # never print keys
+        key = "***" if self.api_key else None
+        return (
+            f"ServerConfig(api_key={key!r}, upstream_url={self.upstream_url!r}, "
+            f"max_body_bytes={self.max_body_bytes}, public_url={self.public_url!r})"
+        )

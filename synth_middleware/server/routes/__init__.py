@@ -1,0 +1,1 @@
+"""The wire API's routes, one module per resource."""

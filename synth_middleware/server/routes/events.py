@@ -1,0 +1,93 @@
+"""The change feed as server-sent events: ``GET /api/v1/online/sessions/{id}/events``.
+
+On connect the stream sends the current state (``event: state``), then a new
+``state`` event whenever the session changes (at most one per
+``min_interval`` seconds) and a ``best_candidate`` event as soon as the best
+candidate changes. Each event's ``id`` is the state version. A comment line
+keeps idle connections alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from synth_middleware.server._responses import dumps
+from synth_middleware.server.context import ServerContext, get_context
+
+router = APIRouter(prefix="/api/v1/online/sessions", tags=["sessions"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def _event(name: str, version: int, data: Any) -> bytes:
+    return (
+        b"event: "
+        + name.encode()
+        + b"\nid: "
+        + str(version).encode()
+        + b"\ndata: "
+        + (dumps(data) + b"\n\n")
+    )
+
+
+async def _stream(
+    ctx: ServerContext, request: Request, session_id: str, min_interval: float
+) -> AsyncIterator[bytes]:
+    engine, feed = ctx.engine, ctx.feed
+    state = engine.get_state(session_id)
+    version = state["version"]
+    best = state.get("best_candidate_id")
+    yield _event("state", version, state)
+    last_sent = time.monotonic()
+    last_beat = last_sent
+    while not feed.closed:
+        await feed.wait(session_id, min(ctx.config.external_poll_interval, KEEPALIVE_SECONDS))
+        if feed.closed or await request.is_disconnected():
+            return
+        now = time.monotonic()
+        if now - last_sent < min_interval:  # coalesce bursts of writes
+            await asyncio.sleep(min_interval - (now - last_sent))
+        state = engine.get_state(session_id)
+        if state["version"] != version:
+            version = state["version"]
+            if state.get("best_candidate_id") != best:
+                best = state.get("best_candidate_id")
+                yield _event(
+                    "best_candidate",
+                    version,
+                    {
+                        "session_id": session_id,
+                        "version": version,
+                        "best_candidate_id": best,
+                        "best_reward": state.get("best_reward"),
+                    },
+                )
+            yield _event("state", version, state)
+            last_sent = last_beat = time.monotonic()
+        elif time.monotonic() - last_beat >= KEEPALIVE_SECONDS:
+            yield b": keep-alive\n\n"
+            last_beat = time.monotonic()
+
+
+@router.get("/{session_id}/events")
+async def session_events(
+    session_id: str,
+    request: Request,
+    ctx: Ctx,
+    min_interval: Annotated[float, Query(ge=0, le=60)] = 0.1,
+) -> StreamingResponse:
+    """Server-sent events: ``state`` on every change, ``best_candidate`` when the best changes."""
+    ctx.engine.get_state(session_id)  # 404 before the stream starts
+    return StreamingResponse(
+        _stream(ctx, request, session_id, min_interval),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )

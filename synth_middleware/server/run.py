@@ -1,0 +1,125 @@
+"""Running the app under uvicorn (what ``synth-middleware serve`` does)."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+
+from synth_middleware.engine import Engine, SqliteStore
+from synth_middleware.server.app import create_app
+from synth_middleware.server.config import ServerConfig
+
+logger = logging.getLogger("synth_middleware.server")
+
+
+class StreamClosingServer(uvicorn.Server):
+    """A uvicorn server that ends the app's open event streams and long polls as
+    soon as shutdown starts (uvicorn waits for open responses before it runs the
+    app's shutdown, so they would otherwise hold it up to the graceful timeout)."""
+
+    def __init__(self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Close the change feed, then shut down as usual."""
+        try:
+            self._on_shutdown()
+        except Exception:
+            logger.exception("synth-middleware server: closing the change feed failed")
+        await super().shutdown(sockets)
+
+
+def server_for(app: FastAPI, config: uvicorn.Config) -> uvicorn.Server:
+    """A :class:`StreamClosingServer` for ``app`` (built by ``create_app``)."""
+    return StreamClosingServer(config, on_shutdown=app.state.synth.feed.close)
+
+
+class InsecureBindError(RuntimeError):
+    """A non-loopback address without an API key (and without ``insecure``)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    host = host.strip().strip("[]")
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname may resolve anywhere: treat it as public
+
+
+def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to expose the server beyond loopback without a key, unless told to."""
+    if not api_key and not insecure and not is_loopback(host):
+        raise InsecureBindError(
+            f"refusing to listen on {host!r} without an API key: anyone who can reach it could "
+            "read and change your sessions. Set SYNTH_API_KEY (or --api-key), bind to "
+            "127.0.0.1, or pass --insecure if you really mean it."
+        )
+
+
+def _fastest(module: str, fast: str, fallback: str) -> str:
+    return fast if importlib.util.find_spec(module) is not None else fallback
+
+
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    db_path: str | os.PathLike[str] = ".synth/synth.db",
+    config: ServerConfig | None = None,
+    insecure: bool = False,
+    log_level: str = "info",
+    access_log: bool = False,
+    optimizer: bool = True,
+) -> None:
+    """Open the database and serve the app until interrupted (SIGINT/SIGTERM).
+
+    ``optimizer``: run the sessions' online optimizers (proposals, pruning) in
+    this process; their proposer model is configured by the session config and
+    ``SYNTH_PROPOSER_URL``/``SYNTH_PROPOSER_MODEL``/``SYNTH_PROPOSER_API_KEY``.
+    """
+    config = config or ServerConfig()
+    check_bind(host, config.api_key, insecure)
+    if not config.api_key and not is_loopback(host):
+        logger.warning(
+            "synth-middleware: listening on %s WITHOUT an API key (--insecure): anyone who "
+            "can reach it can read and change every session",
+            host,
+        )
+    engine = Engine(SqliteStore(db_path), optimizer=optimizer)
+    try:
+        app = create_app(engine, config=config)
+        uv_config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop=_fastest("uvloop", "uvloop", "asyncio"),
+            http=_fastest("httptools", "httptools", "h11"),
+            log_level=log_level,
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        server = server_for(app, uv_config)
+        auth = "on" if config.api_key else "OFF"
+        upstream = config.upstream_url or "none (proxy disabled)"
+        print(
+            f"synth-middleware: serving {db_path} on http://{host}:{port} "
+            f"(auth {auth}; optimizer {'on' if optimizer else 'off'}; proxy upstream: "
+            f"{upstream}; dashboard: http://{host}:{port}/)",
+            flush=True,
+        )
+        server.run()
+    finally:
+        engine.close()
