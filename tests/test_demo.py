@@ -112,3 +112,38 @@ def test_describe_candidate() -> None:
     }
     desc = describe_candidate(None, payload)
     assert desc["examples"] == 1 and desc["new_instruction"] is True
+
+
+def test_demo_with_a_named_model_goes_through_the_openai_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--model X`` uses OPENAI_BASE_URL/OPENAI_API_KEY for the policy (through the proxy),
+    the evaluation and the proposer; a stand-in server plays the provider here."""
+    from synth_middleware.demos.banking77 import data
+    from synth_middleware.demos.banking77.standin import StandInModel
+
+    labels = data.load(BANKING77_DIR).labels
+    with StandInModel(labels, latency=0.05) as provider:
+        monkeypatch.setenv("OPENAI_BASE_URL", provider.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+        results = run(
+            DemoOptions(
+                model="gpt-4.1-nano",
+                rollouts=50,
+                train_size=50,
+                val_size=5,
+                min_proposal_rollouts=10,
+                test_size=60,
+                data_dir=str(BANKING77_DIR),
+                out=str(tmp_path),
+                progress=False,
+                plot=False,
+            )
+        )
+        assert results["model"] == {
+            "name": "gpt-4.1-nano",
+            "label": "gpt-4.1-nano",
+            "standin": False,
+        }
+        assert provider.counts["classifications"] >= 50 + 65  # rollouts + evaluation
+        assert provider.counts["proposals"] >= 1  # the proposer used the same provider

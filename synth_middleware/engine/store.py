@@ -24,10 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from synth_middleware.engine.schema import latest_version, pending, statements
 from synth_middleware.engine.state import Event
 from synth_middleware.errors import BackendError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = latest_version("sqlite")  # PRAGMA user_version; tables: engine/schema.py
 
 # Connections inherited across fork() must never be used or closed in the
 # child (SQLite's rule); we drop them here so the GC never closes them either.
@@ -185,55 +186,6 @@ class WriteTxn(ABC):
         """Store a snapshot unless a newer one exists."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_session_seq ON events (session_id, seq);
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    config TEXT
-);
-CREATE TABLE IF NOT EXISTS candidates (
-    candidate_id TEXT PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    created_as_baseline INTEGER NOT NULL,
-    parent_id TEXT,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    seq INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS candidates_session ON candidates (session_id, seq);
-CREATE TABLE IF NOT EXISTS rollouts (
-    rollout_id TEXT PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    candidate_id TEXT,
-    created_at REAL NOT NULL,
-    seq INTEGER NOT NULL,
-    detail_seq INTEGER
-);
-CREATE INDEX IF NOT EXISTS rollouts_session_seq ON rollouts (session_id, seq);
-CREATE TABLE IF NOT EXISTS reward_keys (
-    idempotency_key TEXT PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    rollout_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reward_keys_rollout ON reward_keys (rollout_id);
-CREATE TABLE IF NOT EXISTS snapshots (
-    session_id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    state TEXT NOT NULL
-);
-"""
 
 # SQLite's default limit on host parameters is 32766 since 3.32; stay well below.
 _CHUNK = 500
@@ -422,18 +374,18 @@ class SqliteStore(_SqliteReads, Store):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")  # two processes may create the schema at once
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
                 raise StorageError(
                     f"{self.path}: schema version {version} is newer than this library's"
                     f" ({SCHEMA_VERSION}); upgrade synth-middleware"
                 )
+            for migration in pending("sqlite", version):
+                for stmt in statements(migration.ddl("sqlite") or ""):
+                    conn.execute(stmt)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
             return conn
         except sqlite3.Error as exc:

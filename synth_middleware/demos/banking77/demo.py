@@ -661,8 +661,8 @@ def run(opts: DemoOptions, *, stream: IO[str] | None = None) -> dict[str, Any]:
         png = None
         if opts.plot:
             title = (
-                f"Banking77, MIPRO online, pattern {opts.pattern.upper()}, seed {opts.seed}; "
-                f"model: {model.label}"
+                f"Banking77, MIPRO online, pattern {opts.pattern.upper()}, seed {opts.seed}, "
+                f"{opts.rollouts} rollouts\nmodel: {model.label}"
             )
             png = plot_rollouts(
                 records, names, out_dir / f"{stem}.png", title=title, proposals=watcher.proposals

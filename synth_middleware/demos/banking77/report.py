@@ -101,7 +101,7 @@ def plot_rollouts(
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 5.2), dpi=110)
     per: dict[str, tuple[list[int], list[float]]] = {}
     sums: dict[str, tuple[float, int]] = {}
     overall: list[float] = []
@@ -117,9 +117,25 @@ def plot_rollouts(
         xs, ys = per.setdefault(cid, ([], []))
         xs.append(i + 1)
         ys.append(total / count)
-    for cid, (xs, ys) in per.items():
-        label = f"{names.get(cid, cid)} (n={len(xs)}, mean {ys[-1]:.2f})"
-        ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.4, label=label)
+    colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+    small = len(rollouts) > 200
+    others = 0
+
+    def order(item: tuple[str, Any]) -> tuple[int, int, str]:
+        name = names.get(item[0], item[0])
+        number = name.rsplit(" ", 1)[-1]
+        return (name != "baseline", int(number) if number.isdigit() else 10**9, name)
+
+    for cid, (xs, ys) in sorted(per.items(), key=order):
+        name = names.get(cid, cid)
+        label = f"{name} (n={len(xs)}, mean {ys[-1]:.2f})"
+        if name == "baseline":
+            style: dict[str, Any] = {"color": "black", "linewidth": 2.0, "zorder": 3}
+        else:
+            style = {"color": colors[others % len(colors)], "linewidth": 1.2}
+            others += 1
+        marker = None if small else "o"
+        ax.plot(xs, ys, marker=marker, markersize=2.5, label=label, **style)
     if overall:
         window = max(5, len(overall) // 10)
         moving = [
@@ -129,9 +145,9 @@ def plot_rollouts(
         ax.plot(
             range(1, len(moving) + 1),
             moving,
-            color="black",
+            color="grey",
             linewidth=1.0,
-            alpha=0.5,
+            alpha=0.6,
             linestyle="--",
             label=f"all rollouts, moving mean ({window})",
         )
@@ -144,7 +160,7 @@ def plot_rollouts(
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.2)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
