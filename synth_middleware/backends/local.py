@@ -22,6 +22,7 @@ from synth_middleware.backends.base import (
     SessionState,
 )
 from synth_middleware.engine import Engine, SqliteStore
+from synth_middleware.engine._optimizer_runner import OptimizerOptions
 
 DEFAULT_PATH = ".synth/synth.db"
 
@@ -33,6 +34,8 @@ class LocalBackend:
     Safe to share between threads; several processes may open the same file
     (each one tails the shared event log). ``path=":memory:"`` keeps
     everything in this process (tests). Pass ``engine`` to share one engine.
+    ``optimizer=True`` (or :class:`OptimizerOptions`) runs the online
+    optimizers (MIPRO/GEPA proposals) in a background thread of this process.
     """
 
     def __init__(
@@ -42,11 +45,16 @@ class LocalBackend:
         engine: Engine | None = None,
         snapshot_every: int = 1000,
         busy_timeout: float = 10.0,
+        optimizer: OptimizerOptions | bool | None = None,
     ) -> None:
         self._path = str(path)
         if engine is None:
+            if optimizer is True:
+                optimizer = OptimizerOptions()
             engine = Engine(
-                SqliteStore(path, busy_timeout=busy_timeout), snapshot_every=snapshot_every
+                SqliteStore(path, busy_timeout=busy_timeout),
+                snapshot_every=snapshot_every,
+                optimizer=optimizer or None,
             )
             self._owns_engine = True
         else:
@@ -65,10 +73,16 @@ class LocalBackend:
         return self._engine
 
     def ensure_session(
-        self, session_id: str, *, baseline: str | None = None, kind: SessionKind = "mipro_online"
+        self,
+        session_id: str,
+        *,
+        baseline: str | None = None,
+        kind: SessionKind = "mipro_online",
+        config: Mapping[str, Any] | None = None,
     ) -> SessionState:
-        """Create the session if new; record a prompt change if ``baseline`` differs."""
-        return self._engine.ensure_session(session_id, baseline=baseline, kind=kind)
+        """Create the session if new; record a prompt change if ``baseline`` differs.
+        ``config`` holds the optimizer keys (see ``synth_middleware.engine.config``)."""
+        return self._engine.ensure_session(session_id, baseline=baseline, kind=kind, config=config)
 
     def get_state(self, session_id: str) -> SessionState:
         """The session's state with per-candidate statistics."""

@@ -309,8 +309,7 @@ class SessionRuntime:
         ids = list(parsed)
         explore = None
         if ids:
-            stats = [dict(stats_by_id.get(cid) or {}) for cid in ids]
-            explore = Categorical([parsed[cid] for cid in ids], probability_best(stats))
+            explore = Categorical([parsed[cid] for cid in ids], self._routing(state, ids, stats_by_id))
         best = state.get("best_candidate_id")
         return Snapshot(
             baseline=baseline,
@@ -320,6 +319,20 @@ class SessionRuntime:
             generation=int(state.get("generation") or 0),
             state=state,
         )
+
+    @staticmethod
+    def _routing(
+        state: Mapping[str, Any], ids: list[str], stats_by_id: Mapping[Any, Any]
+    ) -> list[float]:
+        """Thompson routing weights: the backend's own P(best) when it sends one
+        (it knows the reward range and its priors), else computed from the stats."""
+        policy = state.get("policy")
+        pb = policy.get("probability_best") if isinstance(policy, Mapping) else None
+        if isinstance(pb, Mapping):
+            probs = [pb.get(cid) for cid in ids]
+            if all(isinstance(p, int | float) and p >= 0 for p in probs) and sum(probs) > 0:
+                return [float(p) for p in probs]  # type: ignore[arg-type]
+        return probability_best([dict(stats_by_id.get(cid) or {}) for cid in ids])
 
     def _warn_once(self, what: str, msg: str, *args: object) -> None:
         if what not in self._warned:
