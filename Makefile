@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo quickstart lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The Banking77 online demo on the embedded backend, offline (stand-in model).
+BANKING77_DIR ?= $(wildcard ../shared/data/banking77)
 demo: $(STAMP)
+	BANKING77_DIR=$(BANKING77_DIR) $(PY) -m synth_middleware.cli demo banking77
+
+quickstart: $(STAMP)
 	$(PY) examples/quickstart.py
 
 lint: $(STAMP)

@@ -54,6 +54,11 @@ def _serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         dashboard=not args.no_dashboard,
     )
+    replica_options = None
+    if args.lease_seconds is not None:
+        from synth_middleware.engine.replicas import ReplicaOptions
+
+        replica_options = ReplicaOptions(lease_seconds=args.lease_seconds)
     serve(
         host=args.host,
         port=args.port,
@@ -63,6 +68,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         optimizer=not args.no_optimizer,
+        max_staleness=args.read_staleness_ms / 1000,
+        replica_options=replica_options,
     )
     return 0
 
@@ -79,7 +86,23 @@ def _add_serve(sub: _SubParsers) -> None:
     p.add_argument(
         "--db",
         default=os.environ.get("SYNTH_DB") or ".synth/synth.db",
-        help="SQLite file of the event log (default $SYNTH_DB or .synth/synth.db)",
+        help="SQLite file of the event log (default $SYNTH_DB or .synth/synth.db), or a "
+        "postgresql://user:password@host/db URL: several replicas may then serve the same "
+        "sessions (needs the postgres extra; prefer $SYNTH_DB for a URL with a password)",
+    )
+    p.add_argument(
+        "--read-staleness-ms",
+        type=float,
+        default=0.0,
+        help="PostgreSQL: reads may be this old (a replica skips re-reading a session's log "
+        "for that long); its own writes are always visible (default 0: always re-read)",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=None,
+        help="PostgreSQL: how long a replica owns a session without renewing it, i.e. the "
+        "takeover time after a crash (default 3)",
     )
     p.add_argument(
         "--api-key",

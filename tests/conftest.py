@@ -44,6 +44,32 @@ def backend(tmp_path: Path):  # type: ignore[no-untyped-def]
     b.close()
 
 
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """``SYNTH_TEST_PG_URL`` (see tests/_pg.py): skips without it, fails under CI."""
+    from _pg import require_pg_url
+
+    return require_pg_url()
+
+
+@pytest.fixture
+def pg_target(pg_url: str) -> Iterator[str]:
+    """A PostgreSQL URL bound to a fresh schema, dropped after the test."""
+    from _pg import fresh_schema
+
+    with fresh_schema(pg_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """What ``open_store`` opens, once per store: a SQLite file, then a fresh
+    PostgreSQL schema (the contract tests run against both)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "synth.db")
+    return str(request.getfixturevalue("pg_target"))
+
+
 @pytest.fixture
 def otel():  # type: ignore[no-untyped-def]
     """(provider, exporter): an SDK provider that is NOT installed globally."""

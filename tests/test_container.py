@@ -257,7 +257,8 @@ def test_rollout_errors_inside_the_task_are_500_json(model: FakeOpenAIServer) ->
 
 
 def test_generated_key_is_exported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_API_KEY, raising=False)
+    monkeypatch.setenv(ENV_API_KEY, "placeholder")  # so the environment is restored afterwards
+    monkeypatch.delenv(ENV_API_KEY)
     key = ensure_environment_api_key()
     assert key and os.environ[ENV_API_KEY] == key
     assert ensure_environment_api_key() == key

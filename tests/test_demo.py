@@ -13,6 +13,13 @@ from synth_middleware.demos.banking77.demo import DemoOptions, describe_candidat
 from synth_middleware.demos.banking77.task import SYSTEM_PROMPT
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo generates and exports ENVIRONMENT_API_KEY (as the reference does); undo it."""
+    monkeypatch.setenv("ENVIRONMENT_API_KEY", "placeholder")
+    monkeypatch.delenv("ENVIRONMENT_API_KEY")
+
+
 def _check(results: dict, out: Path, stem: str, rollouts: int) -> None:
     assert results["model"]["standin"] is True
     assert "not an LLM" in results["model"]["label"]
@@ -35,7 +42,7 @@ def _check(results: dict, out: Path, stem: str, rollouts: int) -> None:
 
 def test_demo_pattern_a(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     opts = DemoOptions(
-        rollouts=60,
+        rollouts=80,
         train_size=60,
         val_size=5,
         min_proposal_rollouts=10,
@@ -47,11 +54,11 @@ def test_demo_pattern_a(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         backend_url=None,
     )
     results = run(opts)
-    _check(results, tmp_path, "banking77_seed0", 60)
-    assert results["proposals"], "the optimizer proposed nothing in 60 rollouts"
+    _check(results, tmp_path, "banking77_seed0", 80)
+    assert results["proposals"], "the optimizer proposed nothing in 80 rollouts"
     printed = capsys.readouterr().out
     assert "not an LLM" in printed and "+ proposal 1" in printed
-    assert "diff vs baseline [95% CI]" in printed and "rollouts: 60/60" in printed
+    assert "diff vs baseline [95% CI]" in printed and "rollouts: 80/80" in printed
     served = {r["candidate_id"] for r in results["rollouts"]}
     assert len(served) >= 2  # candidates were served through the proxy
 

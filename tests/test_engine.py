@@ -1,5 +1,6 @@
-"""Engine tests on real SQLite files: stats, idempotency, bad input, generations,
-paging, restart/snapshot replay, threads and processes sharing one file."""
+"""Engine tests on real SQLite files and a real PostgreSQL schema (every test that takes
+``db`` runs against both stores): stats, idempotency, bad input, generations,
+paging, restart/snapshot replay, threads and processes sharing one database."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from synth_middleware.engine import Engine, SessionStateMachine, SqliteStore, StorageError
+from synth_middleware.engine import Engine, SessionStateMachine, StorageError, open_store
 from synth_middleware.engine.state import Event, best_candidate
 from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
 
@@ -25,13 +25,14 @@ SID = "sess-1"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "synth.db"
+def db(store_target: str) -> str:
+    """A SQLite file, then a fresh PostgreSQL schema (conftest's ``store_target``)."""
+    return store_target
 
 
 @pytest.fixture
-def engine(db: Path) -> Iterator[Engine]:
-    eng = Engine(SqliteStore(db))
+def engine(db: str) -> Iterator[Engine]:
+    eng = Engine(open_store(db))
     yield eng
     eng.close()
 
@@ -82,7 +83,7 @@ def test_stats_match_statistics_module(engine: Engine) -> None:
     assert engine.record_rewards([reward("k_int", "ro_int", 1)])[0]["status"] == "accepted"
 
 
-def test_reward_and_rollout_idempotency(engine: Engine, db: Path) -> None:
+def test_reward_and_rollout_idempotency(engine: Engine, db: str) -> None:
     base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
     engine.record_rollouts(rollouts(SID, ["r1", "r2"], None))
     res = engine.record_rollouts(rollouts(SID, ["r1", "r2", "r3"], None))
@@ -94,7 +95,7 @@ def test_reward_and_rollout_idempotency(engine: Engine, db: Path) -> None:
     assert [r["status"] for r in again] == ["duplicate", "accepted"]
 
     # ... and after a restart (the keys live in the database, not in memory)
-    other = Engine(SqliteStore(db))
+    other = Engine(open_store(db))
     assert other.record_rewards([reward("k2", "r2", 1.0)])[0]["status"] == "duplicate"
     other.close()
 
@@ -369,15 +370,15 @@ def _rich_history(engine: Engine) -> None:
     engine.set_status(SID, "paused")
 
 
-def test_restart_on_the_same_file_gives_the_identical_state(db: Path) -> None:
-    first = Engine(SqliteStore(db))
+def test_restart_on_the_same_file_gives_the_identical_state(db: str) -> None:
+    first = Engine(open_store(db))
     _rich_history(first)
     expected = first.get_state(SID)
     expected_list = first.list_candidates(SID, sort="avg_reward:desc")
     expected_snapshot = first.session_state(SID).to_snapshot()
     first.close()
 
-    second = Engine(SqliteStore(db))
+    second = Engine(open_store(db))
     assert second.get_state(SID) == expected
     assert second.list_candidates(SID, sort="avg_reward:desc") == expected_list
     assert second.session_state(SID).to_snapshot() == expected_snapshot
@@ -386,13 +387,13 @@ def test_restart_on_the_same_file_gives_the_identical_state(db: Path) -> None:
     second.close()
 
 
-def test_snapshot_plus_replay_equals_full_replay(db: Path) -> None:
-    writer = Engine(SqliteStore(db), snapshot_every=7)
+def test_snapshot_plus_replay_equals_full_replay(db: str) -> None:
+    writer = Engine(open_store(db), snapshot_every=7)
     _rich_history(writer)
     writer.record_rollouts(rollouts(SID, ["tail"], None))  # events after the last snapshot
     live = writer.session_state(SID).to_snapshot()
 
-    store = SqliteStore(db)
+    store = open_store(db)
     snap = store.load_snapshot(SID)
     assert snap is not None
     snap_seq = snap[0]
@@ -457,8 +458,8 @@ def test_stop_and_set_status(engine: Engine) -> None:
     assert statuses == ["paused", "running", "completed"]
 
 
-def test_threads_record_concurrently_with_exact_counts(db: Path) -> None:
-    engine = Engine(SqliteStore(db), snapshot_every=50)
+def test_threads_record_concurrently_with_exact_counts(db: str) -> None:
+    engine = Engine(open_store(db), snapshot_every=50)
     base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
     cand = engine.add_candidate(SID, "c")
     errors: list[BaseException] = []
@@ -485,14 +486,14 @@ def test_threads_record_concurrently_with_exact_counts(db: Path) -> None:
     assert st["rollout_count"] == st["reward_count"] == 8 * 25 * 20
     assert stats_of(st, base)["reward_count"] == stats_of(st, cand)["reward_count"] == 2000
     engine.close()
-    reopened = Engine(SqliteStore(db))
+    reopened = Engine(open_store(db))
     assert reopened.get_state(SID) == st
     reopened.close()
 
 
 def _process_worker(path: str, tag: str, barrier: Any, out: Any) -> None:
     try:
-        engine = Engine(SqliteStore(path), snapshot_every=100)
+        engine = Engine(open_store(path), snapshot_every=100)
         state = engine.ensure_session(SID, baseline="b")
         cand = engine.add_candidate(SID, f"from {tag}")
         barrier.wait(timeout=60)  # write at the same time
@@ -511,7 +512,7 @@ def _process_worker(path: str, tag: str, barrier: Any, out: Any) -> None:
         raise
 
 
-def test_two_processes_share_one_file(db: Path) -> None:
+def test_two_processes_share_one_file(db: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     out = ctx.Queue()
@@ -538,7 +539,7 @@ def test_two_processes_share_one_file(db: Path) -> None:
         assert len(st["candidates"]) == 3
         assert stats_of(st, base_a)["reward_count"] == 1000
     assert st_a["candidates"] == st_b["candidates"]
-    engine = Engine(SqliteStore(db))
+    engine = Engine(open_store(db))
     final = engine.get_state(SID)
     assert final["reward_count"] == 2000 and final["version"] == max(
         st_a["version"], st_b["version"]
@@ -546,8 +547,8 @@ def test_two_processes_share_one_file(db: Path) -> None:
     engine.close()
 
 
-def test_closed_store_raises_storage_error(db: Path) -> None:
-    engine = Engine(SqliteStore(db))
+def test_closed_store_raises_storage_error(db: str) -> None:
+    engine = Engine(open_store(db))
     engine.ensure_session(SID, baseline="b")
     engine.close()
     with pytest.raises(StorageError) as info:

@@ -1,4 +1,5 @@
-"""LocalBackend: the Backend protocol over the engine, on real SQLite files."""
+"""LocalBackend: the Backend protocol over the engine, on real SQLite files and (tests
+taking ``store_target``) on a real PostgreSQL schema too."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundE
 SID = "app:support-bot"
 
 
-def test_implements_the_backend_protocol(tmp_path: Path) -> None:
-    with LocalBackend(tmp_path / "s.db") as backend:
+def test_implements_the_backend_protocol(store_target: str) -> None:
+    with LocalBackend(store_target) as backend:
         assert isinstance(backend, Backend)
         assert isinstance(backend.engine, Engine)
 
@@ -36,8 +37,9 @@ def test_default_path_creates_parent_dirs(tmp_path: Path, monkeypatch: pytest.Mo
         backend.get_state(SID)
 
 
-def test_full_flow(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "deep" / "dir" / "s.db")
+def test_full_flow(tmp_path: Path, store_target: str) -> None:
+    sqlite = "://" not in store_target
+    backend = LocalBackend(tmp_path / "deep" / "dir" / "s.db" if sqlite else store_target)
     state = backend.ensure_session(SID, baseline="You are helpful.", kind="gepa_online")
     base = state["baseline_candidate_id"]
     assert state["kind"] == "gepa_online" and state["best_candidate_id"] == base
@@ -79,9 +81,9 @@ def test_full_flow(tmp_path: Path) -> None:
     backend.close()
 
 
-def test_two_backends_on_one_file_see_each_other(tmp_path: Path) -> None:
-    a = LocalBackend(tmp_path / "s.db")
-    b = LocalBackend(tmp_path / "s.db")
+def test_two_backends_on_one_file_see_each_other(store_target: str) -> None:
+    a = LocalBackend(store_target)
+    b = LocalBackend(store_target)
     base = a.ensure_session(SID, baseline="b")["baseline_candidate_id"]
     assert b.ensure_session(SID, baseline="b")["baseline_candidate_id"] == base
     cid = b.add_candidate(SID, "c")
@@ -140,8 +142,8 @@ def _forked_child(backend: LocalBackend) -> None:
     assert res[0]["status"] == "accepted"
 
 
-def test_backend_survives_fork(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "s.db")
+def test_backend_survives_fork(store_target: str) -> None:
+    backend = LocalBackend(store_target)
     backend.ensure_session(SID, baseline="b")
     child = multiprocessing.get_context("fork").Process(target=_forked_child, args=(backend,))
     child.start()
@@ -152,8 +154,8 @@ def test_backend_survives_fork(tmp_path: Path) -> None:
     backend.close()
 
 
-def test_errors_are_backend_errors(tmp_path: Path) -> None:
-    with LocalBackend(tmp_path / "s.db") as backend:
+def test_errors_are_backend_errors(store_target: str) -> None:
+    with LocalBackend(store_target) as backend:
         for call in (
             lambda: backend.get_state("missing"),
             lambda: backend.get_candidate("cand_missing"),
@@ -165,9 +167,11 @@ def test_errors_are_backend_errors(tmp_path: Path) -> None:
             assert info.value.status == 404 and not info.value.retryable
 
 
-def test_reward_throughput_in_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reward_throughput_in_batches(
+    store_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Measured, not asserted: rewards/s recorded in batches of 500 (20,000 rewards)."""
-    backend = LocalBackend(tmp_path / "bench.db")
+    backend = LocalBackend(store_target)
     backend.ensure_session(SID, baseline="b")
     cid = backend.add_candidate(SID, "c")
     n, size = 20_000, 500
@@ -196,4 +200,5 @@ def test_reward_throughput_in_batches(tmp_path: Path, capsys: pytest.CaptureFixt
     assert backend.get_state(SID)["reward_count"] == n
     backend.close()
     with capsys.disabled():
-        print(f"\n[local backend] {n / elapsed:,.0f} rewards/s ({n} in batches of {size})")
+        store = "postgresql" if "://" in store_target else "sqlite"
+        print(f"\n[local backend, {store}] {n / elapsed:,.0f} rewards/s ({n} in batches of {size})")

@@ -21,7 +21,7 @@ from synth_middleware.backends.base import (
     SessionKind,
     SessionState,
 )
-from synth_middleware.engine import Engine, SqliteStore
+from synth_middleware.engine import Engine, SqliteStore, is_postgres_url, open_store
 from synth_middleware.engine._optimizer_runner import OptimizerOptions
 
 DEFAULT_PATH = ".synth/synth.db"
@@ -33,7 +33,8 @@ class LocalBackend:
 
     Safe to share between threads; several processes may open the same file
     (each one tails the shared event log). ``path=":memory:"`` keeps
-    everything in this process (tests). Pass ``engine`` to share one engine.
+    everything in this process (tests). A ``postgresql://`` URL puts the log on
+    PostgreSQL instead (the ``postgres`` extra). Pass ``engine`` to share one engine.
     ``optimizer=True`` (or :class:`OptimizerOptions`) runs the online
     optimizers (MIPRO/GEPA proposals) in a background thread of this process.
     """
@@ -51,8 +52,13 @@ class LocalBackend:
         if engine is None:
             if optimizer is True:
                 optimizer = OptimizerOptions()
+            store = (
+                open_store(path)
+                if is_postgres_url(path)
+                else SqliteStore(path, busy_timeout=busy_timeout)
+            )
             engine = Engine(
-                SqliteStore(path, busy_timeout=busy_timeout),
+                store,
                 snapshot_every=snapshot_every,
                 optimizer=optimizer or None,
             )
@@ -63,9 +69,10 @@ class LocalBackend:
 
     @property
     def path(self) -> str:
-        """The database file (``":memory:"`` for an in-process database)."""
+        """The database file (``":memory:"`` for an in-process database; a PostgreSQL
+        URL without its password)."""
         store = self._engine.store
-        return getattr(store, "path", self._path)
+        return str(getattr(store, "path", None) or getattr(store, "display_url", self._path))
 
     @property
     def engine(self) -> Engine:

@@ -32,6 +32,7 @@ Selection (who is best, promotion, rollback, pruning) is
 from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
 from synth_middleware.engine.config import SessionConfig, parse_session_config
 from synth_middleware.engine.engine import Engine, RolloutsResult, validate_session_id
+from synth_middleware.engine.factory import is_postgres_url, open_store
 from synth_middleware.engine.state import (
     CandidateState,
     Event,
@@ -54,6 +55,8 @@ __all__ = [
     "Store",
     "WriteTxn",
     "best_candidate",
+    "is_postgres_url",
+    "open_store",
     "parse_session_config",
     "validate_session_id",
 ]

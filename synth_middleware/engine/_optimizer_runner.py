@@ -29,7 +29,8 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,10 @@ class OptimizerOptions:
     lease_seconds: float = 300.0
     seed: int | None = None
     background: bool = True
+    # Replicas: ``session_gate(session_id)`` is a context manager yielding whether this
+    # process may do the session's owner-only work now (it holds the lease); the
+    # background loop steps a session only inside it (engine/replicas.py).
+    session_gate: Callable[[str], AbstractContextManager[bool]] | None = None
 
 
 @dataclass(slots=True)
@@ -174,7 +179,12 @@ class OptimizerRunner:
                 if self._stopping.is_set():
                     return
                 try:
-                    self.step(sid)
+                    if opts.session_gate is None:
+                        self.step(sid)
+                    else:
+                        with opts.session_gate(sid) as owned:
+                            if owned:
+                                self.step(sid)
                 except Exception as exc:  # storage trouble: retry later, log rarely
                     run = self._run(sid)
                     run.errors_logged += 1

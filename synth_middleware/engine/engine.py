@@ -101,8 +101,9 @@ def validate_session_id(session_id: object) -> str:
 
 
 def _is_id(value: object) -> bool:
-    """A usable opaque id: non-empty str, bounded, storable as UTF-8."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+    """A usable opaque id: non-empty str, bounded, storable as UTF-8, no NUL (PostgreSQL's
+    text cannot hold one)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS or "\x00" in value:
         return False
     if value.isascii():
         return True

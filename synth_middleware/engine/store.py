@@ -186,7 +186,6 @@ class WriteTxn(ABC):
         """Store a snapshot unless a newer one exists."""
 
 
-
 # SQLite's default limit on host parameters is 32766 since 3.32; stay well below.
 _CHUNK = 500
 

@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from synth_middleware import __version__
-from synth_middleware.engine import Engine, SqliteStore
+from synth_middleware.engine import Engine
+from synth_middleware.engine.replicas import ReplicaCoordinator, open_engine
 from synth_middleware.server import jobs
 from synth_middleware.server._auth import ApiKeyMiddleware
 from synth_middleware.server._errors import install_error_handlers
@@ -55,9 +56,10 @@ def create_app(
     if cfg.upstream_api_key is None:
         cfg = replace(cfg, upstream_api_key=upstream_key_from_env())
     owns = engine is None
-    if engine is None:
+    replicas: ReplicaCoordinator | None = None
+    if engine is None:  # a SQLite path, or a postgresql:// URL (then with replica leases)
         path = db_path or os.environ.get("SYNTH_DB") or ".synth/synth.db"
-        engine = Engine(SqliteStore(path), optimizer=optimizer)
+        engine, replicas = open_engine(path, optimizer=optimizer)
     feed = ChangeFeed()
     engine.add_commit_listener(lambda sessions: feed.notify(sessions))
     writer = EngineWriter(engine, threaded=cfg.writer_thread)
@@ -67,9 +69,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         writer.start()
+        if replicas is not None:
+            replicas.add_change_listener(feed.notify)
+            replicas.start()
         try:
             yield
         finally:
+            if replicas is not None:
+                replicas.stop()
             await jobs.shutdown_jobs(ctx)
             feed.close()
             if ctx.proxy is not None:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
-from synth_middleware.engine import Engine, SqliteStore
+from synth_middleware.engine.factory import display_target
+from synth_middleware.engine.replicas import ReplicaOptions, open_engine
 from synth_middleware.server.app import create_app
 from synth_middleware.server.config import ServerConfig
 
@@ -81,12 +82,18 @@ def serve(
     log_level: str = "info",
     access_log: bool = False,
     optimizer: bool = True,
+    max_staleness: float = 0.0,
+    replica_options: ReplicaOptions | None = None,
 ) -> None:
     """Open the database and serve the app until interrupted (SIGINT/SIGTERM).
 
     ``optimizer``: run the sessions' online optimizers (proposals, pruning) in
     this process; their proposer model is configured by the session config and
     ``SYNTH_PROPOSER_URL``/``SYNTH_PROPOSER_MODEL``/``SYNTH_PROPOSER_API_KEY``.
+    ``db_path`` may be a ``postgresql://`` URL: then several replicas can serve
+    the same sessions (see :mod:`synth_middleware.engine.replicas`;
+    ``max_staleness`` seconds bounds how old reads may be, ``replica_options``
+    the lease timing).
     """
     config = config or ServerConfig()
     check_bind(host, config.api_key, insecure)
@@ -96,9 +103,17 @@ def serve(
             "can reach it can read and change every session",
             host,
         )
-    engine = Engine(SqliteStore(db_path), optimizer=optimizer)
+    engine, replicas = open_engine(
+        db_path,
+        optimizer=optimizer,
+        max_staleness=max_staleness,
+        replica_options=replica_options,
+    )
     try:
         app = create_app(engine, config=config)
+        if replicas is not None:
+            replicas.add_change_listener(app.state.synth.feed.notify)
+            replicas.start()
         uv_config = uvicorn.Config(
             app,
             host=host,
@@ -115,11 +130,13 @@ def serve(
         auth = "on" if config.api_key else "OFF"
         upstream = config.upstream_url or "none (proxy disabled)"
         print(
-            f"synth-middleware: serving {db_path} on http://{host}:{port} "
+            f"synth-middleware: serving {display_target(db_path)} on http://{host}:{port} "
             f"(auth {auth}; optimizer {'on' if optimizer else 'off'}; proxy upstream: "
             f"{upstream}; dashboard: http://{host}:{port}/)",
             flush=True,
         )
         server.run()
     finally:
+        if replicas is not None:
+            replicas.stop()  # hands this replica's sessions to the others at once
         engine.close()
