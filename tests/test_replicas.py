@@ -171,7 +171,7 @@ class Balancer:
 
     def post(self, path: str, body: Any) -> Any:
         resp = self.request("POST", path, body)
-        assert resp.status_code == 200, resp.text
+        assert resp.status_code in (200, 201), resp.text
         return resp.json()
 
     def get(self, path: str) -> Any:

@@ -6,6 +6,7 @@ import math
 import numbers
 import time
 from collections.abc import Mapping
+from dataclasses import asdict, fields
 from typing import Any
 
 from synth_middleware._ids import random_hex
@@ -109,17 +110,10 @@ def stats() -> dict[str, Any]:
     last_error = None
     for rep in all_reporters():
         s = rep.stats()
-        for name in (
-            "queued",
-            "sent",
-            "rollouts_sent",
-            "retried",
-            "dropped",
-            "failed",
-            "rejected",
-            "duplicates",
-        ):
-            setattr(total, name, getattr(total, name) + getattr(s, name))
+        for f in fields(s):
+            value = getattr(s, f.name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(total, f.name, getattr(total, f.name) + value)
         last_error = s.last_error or last_error
     total.last_error = last_error
     out = total.as_dict()
@@ -128,6 +122,4 @@ def stats() -> dict[str, Any]:
 
 
 def _counters(rt: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(rt.counters)
