@@ -16,11 +16,17 @@ def machine() -> str:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], *, calls: int, rounds: int, cpu: bool = False
+    fns: dict[str, Callable[[], object]],
+    *,
+    calls: int,
+    rounds: int,
+    cpu: bool = False,
+    between: Callable[[], object] | None = None,
 ) -> dict[str, list[float]]:
     """Per-call seconds for each fn, measured in alternating rounds so that
     noise on this shared machine hits every contender alike. With ``cpu``,
-    the calling thread's CPU time (excludes other threads and GIL waits)."""
+    the calling thread's CPU time (excludes other threads and GIL waits).
+    ``between`` runs untimed after each contender's round (e.g. a flush)."""
     clock = time.thread_time if cpu else time.perf_counter
     out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
@@ -29,6 +35,8 @@ def interleaved(
             for _ in range(calls):
                 fn()
             out[name].append((clock() - t0) / calls)
+            if between is not None:
+                between()
     return out
 
 

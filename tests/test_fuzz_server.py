@@ -60,10 +60,9 @@ def test_no_5xx_on_any_operation(live) -> None:  # type: ignore[no-untyped-def]
     per_op = max(2.0, BUDGET_SECONDS / len(ops))
     failures: list[str] = []
     tried = 0
+
     def make_check(op, deadline):  # type: ignore[no-untyped-def]
-        strategy = op.as_strategy(GenerationMode.POSITIVE) | op.as_strategy(
-            GenerationMode.NEGATIVE
-        )
+        strategy = op.as_strategy(GenerationMode.POSITIVE) | op.as_strategy(GenerationMode.NEGATIVE)
 
         @settings(
             max_examples=8,

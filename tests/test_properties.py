@@ -80,9 +80,7 @@ def _serve_x(candidates: Any, rollout: Any) -> str:
 
 # --------------------------------------------------------------------------- strategies
 
-_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40
-)
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40)
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | _text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
@@ -135,9 +133,7 @@ _item = st.one_of(
 _user_messages = st.lists(
     st.one_of(
         st.builds(lambda t: {"role": "user", "content": t}, _text),
-        st.builds(
-            lambda t: {"role": "user", "content": [{"type": "text", "text": t}]}, _text
-        ),
+        st.builds(lambda t: {"role": "user", "content": [{"type": "text", "text": t}]}, _text),
         st.builds(lambda t: {"role": "user", "name": "alice", "content": t}, _text),
         st.builds(lambda t: {"role": "assistant", "content": t}, _text),
     ),
@@ -179,7 +175,7 @@ def model(model_server):  # type: ignore[no-untyped-def]
 
 
 @settings(
-    max_examples=120,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -242,7 +238,7 @@ def test_random_candidate_never_breaks_the_call(model, item, users, temperature)
         assert got in [copy.deepcopy(a) for a in allowed]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(item=_item)
 def test_parse_candidate_raises_only_candidate_error(item) -> None:  # type: ignore[no-untyped-def]
     try:

@@ -124,6 +124,9 @@ def test_api_keys_never_in_logs_or_error_bodies(tmp_path, server, caplog) -> Non
     r = down.chat.completions.create(model="m", messages=messages())
     synth.reward(r, 0.5)
     synth.flush(1)
+    # the server is gone for good: drop what this reporter still holds so later
+    # tests' synth.flush() is not kept waiting on it
+    down._self_cfg.runtime.reporter.close(0.5)  # type: ignore[attr-defined]
     good.close()
     errors.append(repr(synth.settings))
 
@@ -168,7 +171,7 @@ async def test_optimized_prompt_never_reaches_a_container(tmp_path, server) -> N
 
     task = TaskDefinition(
         name="rec",
-        splits={"train": [("q", "a")] * 4},
+        splits={"train": [("q", "a")] * 12},
         rollout=rollout,
         prompt_template={"messages": [{"role": "system", "pattern": BASELINE}]},
     )
@@ -288,15 +291,14 @@ def test_lock_key_is_an_int() -> None:
 
 
 def test_hostile_ids_are_data_not_sql(backend) -> None:  # type: ignore[no-untyped-def]
+    from synth_middleware.errors import InvalidRequestError
+
     evil = "s'; DROP TABLE events; --"
-    seed(backend, evil, CANDIDATE)
-    state = backend.get_state(evil)
-    assert state["session_id"] == evil
-    res = backend.record_rewards(
-        [{"rollout_id": "r') OR 1=1 --", "session_id": evil, "value": 1.0}]  # type: ignore[typeddict-item]
-    )
-    assert len(res) == 1
-    assert backend.get_state(evil)["session_id"] == evil
+    with pytest.raises(InvalidRequestError):  # ids are validated before any SQL
+        backend.ensure_session(evil)
+    (cid,) = seed(backend, "plain", evil)  # hostile text is stored as data, verbatim
+    assert evil in json.dumps(backend.get_candidate(cid))
+    assert backend.get_state("plain")["session_id"] == "plain"
 
 
 # --------------------------------------------------------------------------- size
@@ -355,9 +357,9 @@ def test_signed_tokens_cannot_be_forged(server, backend) -> None:  # type: ignor
                 synth.reward(tok, 1.0)
         synth.reward(real, 0.25)  # the genuine one works
         synth.flush(5)
-        assert wait_until(
-            lambda: _reward_count(backend, "victim") == 1, timeout=5
-        ), "exactly the genuine reward is stored"
+        assert wait_until(lambda: _reward_count(backend, "victim") == 1, timeout=5), (
+            "exactly the genuine reward is stored"
+        )
     finally:
         synth.configure(token_secret=old)
 

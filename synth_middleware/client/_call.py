@@ -198,10 +198,11 @@ def _user_side(messages: Any) -> list[Any]:
 
 def _output_text(response: Any) -> str | None:
     try:
-        text = getattr(response, "output_text", None)
-        if isinstance(text, str):
-            return text
-        msg = response.choices[0].message
+        choices = getattr(response, "choices", None)
+        if choices is None:  # Responses API
+            text = getattr(response, "output_text", None)
+            return text if isinstance(text, str) else None
+        msg = choices[0].message
         if msg.content is not None:
             return str(msg.content)
         calls = msg.tool_calls

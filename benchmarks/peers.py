@@ -1,0 +1,323 @@
+"""Per-call overhead against peers, in one run, against the same local model server.
+
+    .venv/bin/python benchmarks/peers.py [--calls 100] [--rounds 15] [--mem-calls 1000]
+
+Contenders (each in its own process, because OpenLLMetry's instrumentation and
+Langfuse's wrapper patch the ``openai`` classes globally):
+
+* ``raw``: the plain ``openai.OpenAI`` client;
+* ``ours``: ``synth.wrap`` over a ``LocalBackend`` on a temp SQLite file, warm cache;
+* ``openllmetry``: ``opentelemetry-instrumentation-openai`` (traceloop) with an
+  SDK ``TracerProvider``, a ``SimpleSpanProcessor`` and an in-memory exporter;
+* ``langfuse``: ``from langfuse.openai import OpenAI`` with its export pointed
+  at a loopback sink (an HTTP server that accepts and discards everything).
+
+The model server is a ``FakeOpenAIServer`` in its own process. The parent
+drives the workers over pipes in interleaved rounds (round-robin, order rotated
+each round) so machine noise hits every contender alike, and reports medians
+and ratios to raw. The in-memory variant gives each worker a second client on
+an in-process transport: the difference to raw is the added CPU per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONTENDERS = ("raw", "ours", "openllmetry", "langfuse")
+SYSTEM = "You are a support assistant. Classify the customer's request."
+CAND = "You are a banking intent classifier. Answer with one label."
+MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
+    """(loopback client, in-memory client, keepalive) for one contender."""
+    from synth_middleware.testing import in_memory_http_client
+
+    mem_kw = {"base_url": "http://fake/v1", "http_client": in_memory_http_client()}
+    if kind == "raw":
+        import openai
+
+        return (
+            openai.OpenAI(api_key="k", base_url=url, max_retries=0),
+            openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
+            None,
+        )
+    if kind == "ours":
+        import openai
+
+        import synth_middleware as synth
+        from synth_middleware.backends.local import LocalBackend
+
+        backend = LocalBackend(str(Path(tmp) / "peers.db"))
+        for s in ("loop", "mem"):
+            backend.ensure_session(s, baseline=SYSTEM)
+            backend.add_candidate(s, CAND)
+        loop = synth.wrap(
+            openai.OpenAI(api_key="k", base_url=url, max_retries=0),
+            session="loop",
+            backend=backend,
+            warm=True,
+            ttl=3600,
+        )
+        mem = synth.wrap(
+            openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
+            session="mem",
+            backend=backend,
+            warm=True,
+            ttl=3600,
+        )
+        return loop, mem, backend
+    if kind == "openllmetry":
+        import openai
+        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        OpenAIInstrumentor().instrument(tracer_provider=provider)
+        return (
+            openai.OpenAI(api_key="k", base_url=url, max_retries=0),
+            openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
+            exporter,
+        )
+    if kind == "langfuse":
+        from langfuse.openai import OpenAI  # type: ignore[attr-defined]
+
+        return (
+            OpenAI(api_key="k", base_url=url, max_retries=0),
+            OpenAI(api_key="k", max_retries=0, **mem_kw),
+            None,
+        )
+    raise SystemExit(f"unknown contender {kind}")
+
+
+def worker(kind: str, url: str) -> None:
+    """Line protocol on stdin/stdout: ``loop N`` / ``mem N`` -> seconds per call."""
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # keep library prints off the protocol pipe
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            loop, mem, keep = _build(kind, url, tmp)
+            for c in (loop, mem):
+                for _ in range(50):
+                    c.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[attr-defined]
+            # check the contender really did its work
+            info = _self_check(kind, loop, keep)
+        except Exception as exc:
+            out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            out.flush()
+            return
+        out.write(json.dumps({"ready": True, "info": info}) + "\n")
+        out.flush()
+        for line in sys.stdin:
+            cmd, n = line.split()
+            if cmd == "quit":
+                break
+            client = loop if cmd == "loop" else mem
+            create = client.chat.completions.create  # type: ignore[attr-defined]
+            t0 = time.perf_counter()
+            c0 = time.thread_time()
+            for _ in range(int(n)):
+                create(model="m", messages=MESSAGES)
+            dt = (time.perf_counter() - t0) / int(n)
+            dc = (time.thread_time() - c0) / int(n)
+            if kind == "openllmetry":
+                keep.clear()  # type: ignore[union-attr]  # bounded memory
+            out.write(json.dumps({"s": dt, "cpu": dc}) + "\n")
+            out.flush()
+        if kind == "ours":
+            import synth_middleware as synth
+
+            synth.flush(10)
+            keep.close()  # type: ignore[union-attr]
+        if kind == "langfuse":
+            from langfuse import get_client
+
+            get_client().flush()
+
+
+def _self_check(kind: str, loop: object, keep: object) -> str:
+    if kind == "openllmetry":
+        spans = keep.get_finished_spans()  # type: ignore[attr-defined]
+        return f"{len(spans)} spans exported in memory"
+    if kind == "ours":
+        resp = loop.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[attr-defined]
+        return f"candidate served: {getattr(resp, 'synth', None) is not None}"
+    if kind == "langfuse":
+        from langfuse import get_client
+
+        get_client().flush()
+        return "traces exported to the loopback sink"
+    return ""
+
+
+# --------------------------------------------------------------------------- sink
+
+
+class _Sink(BaseHTTPRequestHandler):
+    hits = 0
+
+    def _ok(self) -> None:
+        n = int(self.headers.get("content-length") or 0)
+        if n:
+            self.rfile.read(n)
+        type(self).hits += 1
+        body = b'{"successes":[],"errors":[]}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_GET = do_PATCH = _ok
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def run(calls: int, rounds: int, mem_calls: int, only: list[str]) -> dict[str, dict]:
+    sys.path.insert(0, str(HERE))
+    from _common import ModelServerProcess
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    env = dict(
+        os.environ,
+        LANGFUSE_HOST=f"http://127.0.0.1:{sink.server_address[1]}",
+        LANGFUSE_BASE_URL=f"http://127.0.0.1:{sink.server_address[1]}",
+        LANGFUSE_PUBLIC_KEY="pk-lf-local",
+        LANGFUSE_SECRET_KEY="sk-lf-local",
+        OTEL_SDK_DISABLED="false",
+        TRACELOOP_TRACE_CONTENT="true",
+        PYTHONUNBUFFERED="1",
+    )
+    results: dict[str, dict] = {}
+    with ModelServerProcess() as server:
+        procs: dict[str, subprocess.Popen[str]] = {}
+        for kind in only:
+            procs[kind] = subprocess.Popen(
+                [sys.executable, __file__, "--worker", kind, "--url", server.url],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        live: list[str] = []
+        for kind, p in procs.items():
+            msg = json.loads(p.stdout.readline() or '{"error": "worker died"}')  # type: ignore[union-attr]
+            if "error" in msg:
+                results[kind] = {"error": msg["error"]}
+                p.kill()
+            else:
+                results[kind] = {"info": msg["info"], "loop": [], "mem": []}
+                live.append(kind)
+
+        def ask(kind: str, cmd: str, n: int) -> dict[str, float]:
+            p = procs[kind]
+            p.stdin.write(f"{cmd} {n}\n")  # type: ignore[union-attr]
+            p.stdin.flush()  # type: ignore[union-attr]
+            return json.loads(p.stdout.readline())  # type: ignore[union-attr, no-any-return]
+
+        for kind in live:
+            results[kind]["mem_cpu"] = []
+        for r in range(rounds):
+            order = live[r % len(live) :] + live[: r % len(live)]
+            for kind in order:
+                results[kind]["loop"].append(ask(kind, "loop", calls)["s"])
+            for kind in order:
+                m = ask(kind, "mem", mem_calls)
+                results[kind]["mem"].append(m["s"])
+                results[kind]["mem_cpu"].append(m["cpu"])
+        for kind in live:
+            procs[kind].stdin.write("quit 0\n")  # type: ignore[union-attr]
+            procs[kind].stdin.flush()  # type: ignore[union-attr]
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    sink.shutdown()
+    results["_sink"] = {"hits": _Sink.hits}
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--calls", type=int, default=100, help="loopback calls per round")
+    ap.add_argument("--mem-calls", type=int, default=1000, help="in-memory calls per round")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--only", default=",".join(CONTENDERS))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.url)
+        return
+    sys.path.insert(0, str(HERE))
+    from _common import machine
+
+    only = [k for k in args.only.split(",") if k]
+    res = run(args.calls, args.rounds, args.mem_calls, only)
+    raw = res.get("raw", {})
+    raw_loop = statistics.median(raw["loop"]) if raw.get("loop") else float("nan")
+    raw_mem = statistics.median(raw["mem"]) if raw.get("mem") else float("nan")
+    print(
+        f"machine: {machine()}; {args.rounds} rounds x {args.calls} loopback calls, "
+        f"x {args.mem_calls} in-memory calls, per contender"
+    )
+    print()
+    print(
+        "| contender | loopback median (us) | ratio to raw (paired) | in-memory median (us) "
+        "| added wall per call, in-memory (us) | added calling-thread CPU per call (us) | check |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for kind in only:
+        r = res[kind]
+        if "error" in r:
+            print(f"| {kind} | - | - | - | - | - | not run: {r['error']} |")
+            continue
+        lp = statistics.median(r["loop"])
+        mm = statistics.median(r["mem"])
+        # per-round paired ratio/difference against raw is more robust to drift
+        ratios = sorted(a / b for a, b in zip(r["loop"], raw["loop"], strict=True))
+        added = sorted((a - b) * 1e6 for a, b in zip(r["mem"], raw["mem"], strict=True))
+        cpu = sorted((a - b) * 1e6 for a, b in zip(r["mem_cpu"], raw["mem_cpu"], strict=True))
+        print(
+            f"| {kind} | {lp * 1e6:.0f} | {lp / raw_loop:.3f} ({ratios[len(ratios) // 2]:.3f})"
+            f" | {mm * 1e6:.1f} | {added[len(added) // 2]:+.1f} | {cpu[len(cpu) // 2]:+.1f}"
+            f" | {r['info']} |"
+        )
+    print()
+    print(
+        f"langfuse sink received {res['_sink']['hits']} export requests; raw in-memory "
+        f"{raw_mem * 1e6:.1f} us"
+    )
+
+
+if __name__ == "__main__":
+    main()
