@@ -18,9 +18,9 @@ For comparison the same load runs against one server on SQLite.
   candidate (what ``session.update_reward`` sends), 32 clients.
 
 Reported per run: rollouts/s, CPU seconds per 1,000 rollouts spent in the
-replicas, in PostgreSQL and in the load generator, and PostgreSQL commits per
-second (``pg_stat_database``), i.e. how many rollouts each write transaction
-carried (group commit).
+replicas, in PostgreSQL and in the load generator, and write transactions per
+second (counted in the log: the events of one transaction share a timestamp),
+i.e. how many rollouts each transaction carried (group commit).
 
 Takeover: three replicas with the optimizer on own twelve sessions between
 them (leases of 3 s); the one owning the most is killed with SIGKILL and the
@@ -94,11 +94,18 @@ def postgres_cpu() -> float:
     return total
 
 
-def commits(url: str) -> int:
-    """Committed transactions of the current database so far."""
+def last_seq(url: str) -> int:
+    """The highest seq in the log."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def write_txns(url: str, after_seq: int) -> int:
+    """Write transactions since ``after_seq`` (all events of one share its timestamp)."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            "SELECT count(DISTINCT created_at) FROM events WHERE seq > %s", (after_seq,)
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -273,7 +280,7 @@ def measure(
     rep0 = sum(cpu_seconds(p.pid) for p in procs)
     pg0 = postgres_cpu()
     me0 = time.process_time()
-    c0 = commits(db) if db else 0
+    seq0 = last_seq(db) if db else 0
     t0 = time.perf_counter()
     rate = run()
     elapsed = time.perf_counter() - t0
@@ -284,7 +291,7 @@ def measure(
         "replica_cpu": (sum(cpu_seconds(p.pid) for p in procs) - rep0) * per_k,
         "pg_cpu": (postgres_cpu() - pg0) * per_k,
         "client_cpu": (time.process_time() - me0) * per_k,
-        "commits": ((commits(db) - c0) / elapsed) if db else float("nan"),
+        "commits": (write_txns(db, seq0) / elapsed) if db else float("nan"),
     }
 
 
@@ -306,6 +313,15 @@ def throughput(pg_url: str | None, n: int, seconds: float) -> dict[str, dict[str
             }
         finally:
             stop(group)
+    return out
+
+
+def _median_run(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per scenario, the run with the median rate (its other columns kept with it)."""
+    out: dict[str, dict[str, float]] = {}
+    for key in results[0]:
+        ordered = sorted(results, key=lambda r: r[key]["rate"])
+        out[key] = {**ordered[len(ordered) // 2][key], "all": [r[key]["rate"] for r in results]}  # type: ignore[dict-item]
     return out
 
 
@@ -390,31 +406,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pg-url", default=os.environ.get("SYNTH_TEST_PG_URL"))
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--rounds", type=int, default=3, help="kills (and clean stops) measured")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="runs per configuration; kills and clean stops"
+    )
     ap.add_argument("--fetches", type=int, default=2000)
+    ap.add_argument("--replicas", default="1,2,3", help="replica counts to measure")
+    ap.add_argument("--no-takeover", action="store_true", help="throughput and latency only")
     args = ap.parse_args()
     if not args.pg_url:
         sys.exit('need --pg-url or SYNTH_TEST_PG_URL (eval "$(scripts/ci_postgres.sh)")')
     if uvloop is not None:
         uvloop.install()
 
-    rows: list[tuple[str, dict[str, dict[str, float]]]] = [
-        ("SQLite, 1 server", throughput(None, 1, args.seconds))
-    ]
-    for n in (1, 2, 3):
-        rows.append(
-            (
-                f"PostgreSQL, {n} replica{'s' if n > 1 else ''}",
-                throughput(args.pg_url, n, args.seconds),
-            )
-        )
+    configs: list[tuple[str, str | None, int]] = [("SQLite, 1 server", None, 1)]
+    for n in (int(x) for x in args.replicas.split(",")):
+        configs.append((f"PostgreSQL, {n} replica{'s' if n > 1 else ''}", args.pg_url, n))
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name, _, _ in configs}
+    for _ in range(args.rounds):  # interleaved, so that load from elsewhere hits all alike
+        for name, url, n in configs:
+            runs[name].append(throughput(url, n, args.seconds))
+    rows = [(name, _median_run(results)) for name, results in runs.items()]
     lat = staleness_latency(args.pg_url, args.fetches)
-    kills = takeover(args.pg_url, args.rounds)
+    kills = {} if args.no_takeover else takeover(args.pg_url, args.rounds)
     load = os.getloadavg()
 
     print(
         f"### Replicas\n\n{machine()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
-        f"{load[2]:.1f}; {args.seconds:.0f} s per run\n"
+        f"{load[2]:.1f}; {args.seconds:.0f} s per run; median of {args.rounds} interleaved runs "
+        "(all runs in brackets; the other columns belong to the median run)\n"
     )
     for key, title in (
         ("batched", "batched 100 (rollouts batch + rewards batch), 6 clients"),
@@ -423,14 +442,15 @@ def main() -> None:
         print(f"\n{title}:\n")
         print(
             "| store, replicas | rollouts/s | CPU s per 1k rollouts: replicas | PostgreSQL "
-            "| load generator | commits/s | rollouts per commit |"
+            "| load generator | write transactions/s | rollouts per transaction |"
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, res in rows:
             r = res[key]
             per_commit = r["rate"] / r["commits"] if r["commits"] == r["commits"] else None
+            spread = "/".join(f"{x:,.0f}" for x in sorted(r["all"]))  # type: ignore[arg-type]
             print(
-                f"| {name} | {r['rate']:,.0f} | {r['replica_cpu']:.3f} | "
+                f"| {name} | {r['rate']:,.0f} ({spread}) | {r['replica_cpu']:.3f} | "
                 f"{r['pg_cpu']:.3f} | {r['client_cpu']:.3f} | "
                 + (f"{r['commits']:,.0f} | {per_commit:,.1f} |" if per_commit else "- | - |")
             )

@@ -49,7 +49,7 @@ The lease (table ``session_leases``: owner, epoch, expiry):
   going to whoever polls first), and an owner hands a few sessions per
   heartbeat to their preferred replica when one joins (never one whose
   optimizer step is running);
-* a replica that stops cleanly releases its leases (expiry set to 0), so a
+* a replica that stops cleanly releases its leases (expiry set to now), so a
   rolling restart moves sessions within one heartbeat; one killed with
   SIGKILL loses them when they expire: takeover after at most
   ``lease_seconds + heartbeat_interval`` (+ ``claim_grace`` when the
@@ -190,6 +190,7 @@ class ReplicaCoordinator:
         self._tail_seq: int | None = None
         self._heartbeats = 0
         self._errors = 0
+        self._released = False
         self.takeovers: list[Takeover] = []
 
     # -- wiring ----------------------------------------------------------------
@@ -267,6 +268,7 @@ class ReplicaCoordinator:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
+        self._released = False
         with self.store.connection() as conn:
             row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
             self._tail_seq = int(row[0]) if row else 0
@@ -287,8 +289,9 @@ class ReplicaCoordinator:
         if thread is not None and thread is not threading.current_thread():
             thread.join(10.0)
         self._thread = None
-        if not release or not self.options.owner:
+        if not release or not self.options.owner or self._released:
             return
+        self._released = True
         engine = self._engine
         if engine is not None and engine.optimizer is not None:
             engine.optimizer.stop()
@@ -297,7 +300,8 @@ class ReplicaCoordinator:
         try:
             with self.store.connection() as conn:
                 conn.execute(
-                    "UPDATE session_leases SET expires_at = 0 WHERE owner = %s", (self.replica_id,)
+                    f"UPDATE session_leases SET expires_at = {_DB_NOW} WHERE owner = %s",
+                    (self.replica_id,),
                 )
                 conn.execute("DELETE FROM replicas WHERE replica_id = %s", (self.replica_id,))
         except Exception as exc:  # they expire by themselves
@@ -316,8 +320,18 @@ class ReplicaCoordinator:
                 self._tail()
             except Exception as exc:  # database trouble: leases lapse locally, retry
                 self._errors += 1
-                if self._errors in (1, 10) or self._errors % 100 == 0:
-                    logger.warning("replica %s: %r (%d so far)", self.replica_id, exc, self._errors)
+                if self._errors in (1, 10, 100) or self._errors % 1000 == 0:
+                    logger.warning(
+                        "replica %s: %r (%d failures in a row)", self.replica_id, exc, self._errors
+                    )
+            else:
+                if self._errors:
+                    logger.warning(
+                        "replica %s: database reachable again after %d failures",
+                        self.replica_id,
+                        self._errors,
+                    )
+                    self._errors = 0
             self._stop.wait(opts.poll_interval)
 
     def _tail(self) -> None:
@@ -426,9 +440,9 @@ class ReplicaCoordinator:
             for sid in give:  # stop owner work first, then release
                 self._owned.pop(sid, None)
         if give:
-            conn.execute(
-                "UPDATE session_leases SET expires_at = 0 WHERE owner = %s"
-                " AND session_id IN (SELECT json_array_elements_text(%s::json))",
+            conn.execute(  # expired as of now: the preferred replica claims it at once
+                f"UPDATE session_leases SET expires_at = {_DB_NOW} WHERE owner = %s"
+                " AND session_id = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))",
                 (self.replica_id, json.dumps(give)),
             )
         return set(give)

@@ -1,10 +1,11 @@
 """Persistence for the engine: an append-only event log plus lookup tables.
 
 The engine talks to storage only through :class:`Store` and :class:`WriteTxn`,
-so a PostgreSQL store can replace :class:`SqliteStore` later. The log is the
-source of truth; the side tables (sessions, candidates, rollouts, reward keys,
-snapshots) are written in the same transaction and only serve lookups and
-idempotency.
+so :class:`~synth_middleware.engine.store_pg.PostgresStore` can replace
+:class:`SqliteStore` (``open_store`` picks one from a path or URL). The log is
+the source of truth; the side tables (sessions, candidates, rollouts, reward
+keys, snapshots) are written in the same transaction and only serve lookups
+and idempotency.
 
 A write transaction must exclude every other writer on the same database
 (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-level advisory lock),

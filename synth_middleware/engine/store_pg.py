@@ -123,6 +123,7 @@ _DEFAULT_OPTIONS = {
     "lock_timeout": "30s",
     "idle_in_transaction_session_timeout": "60s",
 }
+_CANDIDATE_CACHE = 100_000
 _KEEPALIVES = {
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -182,6 +183,16 @@ def _event(seq: int, session_id: str, type_: str, payload: str, created_at: floa
 _ROLLOUT_COLS = "rollout_id, session_id, candidate_id, created_at, seq, detail_seq"
 
 
+def _text_array(items: Iterable[str]) -> str:
+    """A ``text[]`` literal (``{"a","b\\"c"}``), built much faster than psycopg's array
+    dumper. Sent as a plain parameter and planned afresh (``prepare=False``), it is a
+    constant to the planner: an index scan on a big table, a hashed ``= ANY`` on a small
+    one (a generic plan over an array parameter may scan the table once per element)."""
+    return (
+        "{" + ",".join('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"' for s in items) + "}"
+    )
+
+
 def _json_rows(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Rows as a JSON array of objects, for ``json_populate_recordset`` (one parameter:
     several times faster to send than one array parameter per column)."""
@@ -220,9 +231,11 @@ class PgWriteTxn(WriteTxn):
             for query, params in queries:
                 self._conn.execute(query, params or None)
 
-    def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, query: str, params: Sequence[Any], *, prepare: bool | None = None
+    ) -> list[tuple[Any, ...]]:
         self._flush()
-        return self._conn.execute(query, params).fetchall()
+        return self._conn.execute(query, params, prepare=prepare).fetchall()
 
     def commit(self) -> None:
         """Send the buffered writes and ``COMMIT`` (one pipeline)."""
@@ -301,9 +314,8 @@ class PgWriteTxn(WriteTxn):
     def set_candidate_status(self, candidate_ids: Sequence[str], status: str) -> None:
         if candidate_ids:
             self._buffer(
-                "UPDATE candidates SET status = %s WHERE candidate_id IN"
-                " (SELECT json_array_elements_text(%s::json))",
-                (status, encode_json(list(candidate_ids))),
+                "UPDATE candidates SET status = %s WHERE candidate_id = ANY(%s::text[])",
+                (status, _text_array(candidate_ids)),
             )
 
     def candidate_exists(self, candidate_id: str) -> bool:
@@ -313,9 +325,9 @@ class PgWriteTxn(WriteTxn):
         if not keys:
             return set()
         rows = self._rows(
-            "SELECT idempotency_key FROM reward_keys WHERE idempotency_key IN"
-            " (SELECT json_array_elements_text(%s::json))",
-            (encode_json(list(keys)),),
+            "SELECT idempotency_key FROM reward_keys WHERE idempotency_key = ANY(%s::text[])",
+            (_text_array(keys),),
+            prepare=False,
         )
         return {r[0] for r in rows}
 
@@ -323,9 +335,9 @@ class PgWriteTxn(WriteTxn):
         if not rollout_ids:
             return {}
         rows = self._rows(
-            f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE rollout_id IN"
-            " (SELECT json_array_elements_text(%s::json))",
-            (encode_json(list(rollout_ids)),),
+            f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE rollout_id = ANY(%s::text[])",
+            (_text_array(rollout_ids),),
+            prepare=False,
         )
         return {r[0]: RolloutRow(*r) for r in rows}
 
@@ -397,6 +409,7 @@ class PostgresStore(Store):
         self._lock = threading.Lock()
         self._closed = False
         self._fresh: dict[str, tuple[int, float]] = {}  # session -> (max seq, checked at)
+        self._candidates: dict[str, tuple[str, int]] = {}  # candidate -> (session, seq)
         self._pid = os.getpid()
         self._pool = self._open_pool()
         self.schema, self._write_sql = self._migrate()
@@ -486,12 +499,18 @@ class PostgresStore(Store):
                 name = str(schema[0])
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name, "migrate"),))
-                    conn.execute(
-                        "CREATE TABLE IF NOT EXISTS synth_schema_version ("
-                        " version BIGINT NOT NULL, migrated_at DOUBLE PRECISION NOT NULL)"
-                    )
-                    row = conn.execute("SELECT max(version) FROM synth_schema_version").fetchone()
-                    current = int(row[0]) if row and row[0] is not None else 0
+                    found = conn.execute("SELECT to_regclass('synth_schema_version')").fetchone()
+                    current = 0
+                    if found is not None and found[0] is not None:  # no DDL when up to date
+                        row = conn.execute(
+                            "SELECT max(version) FROM synth_schema_version"
+                        ).fetchone()
+                        current = int(row[0]) if row and row[0] is not None else 0
+                    else:
+                        conn.execute(
+                            "CREATE TABLE synth_schema_version ("
+                            " version BIGINT NOT NULL, migrated_at DOUBLE PRECISION NOT NULL)"
+                        )
                     if current > SCHEMA_VERSION:
                         raise StorageError(
                             f"{self.display_url}: schema version {current} is newer than this "
@@ -577,16 +596,24 @@ class PostgresStore(Store):
         return (rows[0][0], _decode(rows[0][1])) if rows else None
 
     def candidate_session(self, candidate_id: str) -> str | None:
-        rows = self._read(
-            lambda conn: conn.execute(
-                "SELECT session_id, seq FROM candidates WHERE candidate_id = %s", (candidate_id,)
-            ).fetchall()
-        )
-        if not rows:
-            return None
-        session_id, seq = rows[0]
-        self.invalidate({session_id: seq})  # the caller is about to look the candidate up
-        return str(session_id)
+        # A candidate never changes session and is never deleted: found ones are cached
+        # (the server asks on every reward that names a candidate).
+        known = self._candidates.get(candidate_id)
+        if known is None:
+            rows = self._read(
+                lambda conn: conn.execute(
+                    "SELECT session_id, seq FROM candidates WHERE candidate_id = %s",
+                    (candidate_id,),
+                ).fetchall()
+            )
+            if not rows:
+                return None
+            known = (str(rows[0][0]), int(rows[0][1]))
+            if len(self._candidates) >= _CANDIDATE_CACHE:
+                self._candidates.clear()
+            self._candidates[candidate_id] = known
+        self.invalidate({known[0]: known[1]})  # the caller is about to look the candidate up
+        return known[0]
 
     def session_ids(self) -> list[str]:
         rows = self._read(
@@ -613,8 +640,9 @@ class PostgresStore(Store):
         rows = self._read(
             lambda conn: conn.execute(
                 "SELECT seq, session_id, type, payload, created_at FROM events"
-                " WHERE seq IN (SELECT json_array_elements_text(%s::json)::bigint)",
-                (encode_json(wanted),),
+                " WHERE seq = ANY(%s::bigint[])",
+                ("{" + ",".join(map(str, wanted)) + "}",),
+                prepare=False,
             ).fetchall()
         )
         return {r[0]: _event(*r) for r in rows}
@@ -626,9 +654,9 @@ class PostgresStore(Store):
             lambda conn: conn.execute(
                 "SELECT e.seq, e.session_id, e.type, e.payload, e.created_at"
                 " FROM reward_keys k JOIN events e ON e.seq = k.seq"
-                " WHERE k.rollout_id IN (SELECT json_array_elements_text(%s::json))"
-                " ORDER BY e.seq",
-                (encode_json(list(rollout_ids)),),
+                " WHERE k.rollout_id = ANY(%s::text[]) ORDER BY e.seq",
+                (_text_array(rollout_ids),),
+                prepare=False,
             ).fetchall()
         )
         return [_event(*r) for r in rows]

@@ -62,21 +62,28 @@ def create_app(
         engine, replicas = open_engine(path, optimizer=optimizer)
     feed = ChangeFeed()
     engine.add_commit_listener(lambda sessions: feed.notify(sessions))
-    writer = EngineWriter(engine, threaded=cfg.writer_thread)
+    # On PostgreSQL a write waits on the network and the WAL flush: never on the event loop.
+    remote = getattr(engine.store, "dialect", None) == "postgresql"
+    writer = EngineWriter(engine, threaded=cfg.writer_thread or remote)
     ctx = ServerContext(engine=engine, config=cfg, feed=feed, writer=writer, owns_engine=owns)
+    if replicas is not None:
+        ctx.extra["replicas"] = replicas
     ctx.proxy = ProxyService(ctx)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         writer.start()
-        if replicas is not None:
-            replicas.add_change_listener(feed.notify)
-            replicas.start()
+        # PostgreSQL replicas (ours, or set by `serve`): started here, and stopped here,
+        # because uvicorn re-raises SIGTERM after the shutdown and nothing runs after it.
+        coordinator: ReplicaCoordinator | None = ctx.extra.get("replicas")
+        if coordinator is not None:
+            coordinator.add_change_listener(feed.notify)
+            coordinator.start()
         try:
             yield
         finally:
-            if replicas is not None:
-                replicas.stop()
+            if coordinator is not None:
+                coordinator.stop()  # hands the sessions this replica owns to the others
             await jobs.shutdown_jobs(ctx)
             feed.close()
             if ctx.proxy is not None:

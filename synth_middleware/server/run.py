@@ -111,9 +111,8 @@ def serve(
     )
     try:
         app = create_app(engine, config=config)
-        if replicas is not None:
-            replicas.add_change_listener(app.state.synth.feed.notify)
-            replicas.start()
+        if replicas is not None:  # the app's lifespan starts and stops it
+            app.state.synth.extra["replicas"] = replicas
         uv_config = uvicorn.Config(
             app,
             host=host,
@@ -138,5 +137,5 @@ def serve(
         server.run()
     finally:
         if replicas is not None:
-            replicas.stop()  # hands this replica's sessions to the others at once
+            replicas.stop()  # (idempotent) when the server ended without its lifespan
         engine.close()
