@@ -82,3 +82,39 @@ def otel():  # type: ignore[no-untyped-def]
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield provider, exporter
     provider.shutdown()
+
+
+@pytest.fixture
+def wire(request):  # type: ignore[no-untyped-def]
+    """A wire-API test server (``_wire_server``) with the test module's ``SID`` session."""
+    from _wire_server import WireServer
+    from helpers import BASELINE
+
+    with WireServer() as server:
+        server.engine.ensure_session(request.module.SID, baseline=BASELINE)
+        yield server
+
+
+@pytest.fixture
+def make_reporter():  # type: ignore[no-untyped-def]
+    """A factory of reward reporters with fast test backoffs, closed afterwards."""
+    from synth_middleware.client.reporter import RewardReporter
+
+    made: list[RewardReporter] = []
+
+    def make(backend, **options):  # type: ignore[no-untyped-def]
+        opts = {
+            "backoff": 0.02,
+            "max_backoff": 0.3,
+            "max_retries": 200,
+            "interval": 0.01,
+            "batch_size": 50,
+        }
+        opts.update(options)
+        rep = RewardReporter(backend, **opts)
+        made.append(rep)
+        return rep
+
+    yield make
+    for rep in made:
+        rep.close(0)

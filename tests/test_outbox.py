@@ -10,14 +10,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _wire_server import ClosingHttpBackend as HttpBackend
 from _wire_server import WireServer, close_backends
-from helpers import BASELINE, wait_until
+from helpers import wait_until
 
 from synth_middleware.client._outbox import Outbox, owner_token
 from synth_middleware.client.reporter import RewardReporter
@@ -30,35 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def _close_backends() -> Iterator[None]:
     yield
     close_backends()
-
-
-@pytest.fixture
-def wire() -> Iterator[WireServer]:
-    with WireServer() as server:
-        server.engine.ensure_session(SID, baseline=BASELINE)
-        yield server
-
-
-@pytest.fixture
-def make_reporter() -> Iterator[Callable[..., RewardReporter]]:
-    made: list[RewardReporter] = []
-
-    def make(backend: Any, **options: Any) -> RewardReporter:
-        opts: dict[str, Any] = {
-            "backoff": 0.02,
-            "max_backoff": 0.3,
-            "max_retries": 200,
-            "interval": 0.01,
-            "batch_size": 50,
-        }
-        opts.update(options)
-        rep = RewardReporter(backend, **opts)
-        made.append(rep)
-        return rep
-
-    yield make
-    for rep in made:
-        rep.close(0)
 
 
 def _reward(i: int, **extra: Any) -> dict[str, Any]:

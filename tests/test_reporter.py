@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 from _wire_server import ClosingHttpBackend as HttpBackend
 from _wire_server import WireServer, close_backends
-from helpers import BASELINE, messages, wait_until
+from helpers import messages, wait_until
 
 import synth_middleware as synth
 from synth_middleware.client.reporter import RewardReporter
@@ -32,35 +32,6 @@ SID = "rep-sess"
 def _close_backends() -> Iterator[None]:
     yield
     close_backends()
-
-
-@pytest.fixture
-def wire() -> Iterator[WireServer]:
-    with WireServer() as server:
-        server.engine.ensure_session(SID, baseline=BASELINE)
-        yield server
-
-
-@pytest.fixture
-def make_reporter() -> Iterator[Callable[..., RewardReporter]]:
-    made: list[RewardReporter] = []
-
-    def make(backend: Any, **options: Any) -> RewardReporter:
-        opts: dict[str, Any] = {
-            "backoff": 0.02,
-            "max_backoff": 0.3,
-            "max_retries": 200,
-            "interval": 0.01,
-            "batch_size": 50,
-        }
-        opts.update(options)
-        rep = RewardReporter(backend, **opts)
-        made.append(rep)
-        return rep
-
-    yield make
-    for rep in made:
-        rep.close(0)
 
 
 def _reward(i: int, **extra: Any) -> dict[str, Any]:
