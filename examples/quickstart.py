@@ -8,6 +8,7 @@ file. Run it with ``make demo``.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import openai
@@ -25,10 +26,18 @@ def main() -> None:
         print(f"stand-in model server (not an LLM) at {model.url}")
 
         # The one line: wrap the client for the prompt (session) it serves.
+        # (ttl=1 so this short script sees new candidates quickly; the default is 30 s.)
+        # selection: serve a non-baseline candidate when there is one (an A/B rule);
+        # the default, "explore", would route by Thompson sampling instead.
+        def prefer_new(candidates, rollout):  # type: ignore[no-untyped-def]
+            return next((c for c in candidates if not c.is_baseline), None)
+
         client = synth.wrap(
             openai.OpenAI(api_key="not-needed", base_url=model.url),
             session="support-classifier",
             backend=backend,
+            selection=prefer_new,
+            ttl=1.0,
         )
 
         ask = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "card lost"}]
@@ -41,14 +50,13 @@ def main() -> None:
         cid = backend.add_candidate(
             "support-classifier", "You are a banking intent classifier. Answer with one label."
         )
-        ab = synth.wrap(
-            openai.OpenAI(api_key="not-needed", base_url=model.url),
-            session="support-classifier",
-            backend=backend,
-            selection=lambda candidates, rollout: cid,
-            warm=True,
-        )
-        resp = ab.chat.completions.create(model="stand-in", messages=ask)
+        # The cache refreshes in the background; calls never wait for it.
+        deadline = time.monotonic() + 10
+        while True:
+            resp = client.chat.completions.create(model="stand-in", messages=ask)
+            if resp.synth.candidate_id == cid or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         print(f"candidate {resp.synth.candidate_id} applied; the model received:")
         print(f"  system: {model.system_prompts()[-1]!r}")
         synth.reward(resp, 1.0, feedback="correct label")
