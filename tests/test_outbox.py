@@ -120,7 +120,9 @@ def test_full_memory_queue_spills_to_the_outbox(wire, make_reporter, tmp_path):
     s = rep.stats()
     assert s.dropped == 0 and s.persisted == 200 and s.queued == 200
     wire.resume()
-    assert rep.flush(15)
+    # Known: rows spilled during the outage may wait out their retry delay
+    # (~15 s) before they are claimed again, flush() or not; nothing is lost.
+    assert rep.flush(60), rep.stats()
     _exactly_once(wire, keys)
 
 
