@@ -52,6 +52,7 @@ from urllib.parse import quote
 import psycopg
 from _common import machine
 from server import RawClient, cpu_seconds, free_port, pct, wait_http
+from server import batched as server_batched
 
 try:
     import uvloop
@@ -181,44 +182,7 @@ async def batched(
     ports: list[int], sid: str, cids: list[str], clients: int, seconds: float, size: int = 100
 ) -> float:
     """Rollouts/s in batches of ``size``; client ``w`` talks to replica ``w % len(ports)``."""
-    done = 0
-    stop_at = time.monotonic() + seconds
-
-    async def worker(w: int) -> None:
-        nonlocal done
-        c = await RawClient("127.0.0.1", ports[w % len(ports)]).connect()
-        i = 0
-        while time.monotonic() < stop_at:
-            now = time.time()
-            tag = f"b-{w}-{i}-{uuid.uuid4().hex[:6]}"
-            rollouts = [
-                {
-                    "session_id": sid,
-                    "rollout_id": f"{tag}-{j}",
-                    "candidate_id": cids[j % len(cids)],
-                    "created_at": now,
-                }
-                for j in range(size)
-            ]
-            rewards = [
-                {
-                    "idempotency_key": f"{tag}-{j}",
-                    "rollout_id": f"{tag}-{j}",
-                    "value": (j % 5) / 4,
-                    "created_at": now,
-                }
-                for j in range(size)
-            ]
-            s1, _ = await c.request("POST", "/api/v1/rollouts/batch", {"rollouts": rollouts})
-            s2, body = await c.request("POST", "/api/v1/rewards/batch", {"rewards": rewards})
-            if s1 == s2 == 200:
-                done += sum(1 for r in json.loads(body)["results"] if r["status"] == "accepted")
-            i += 1
-        c.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*[worker(w) for w in range(clients)])
-    return done / (time.perf_counter() - t0)
+    return (await server_batched(ports, sid, cids, clients, seconds, size))["rollouts"]
 
 
 async def reward_only(

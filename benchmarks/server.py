@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -299,22 +300,31 @@ async def reward_only(
 
 
 async def batched(
-    port: int, sid: str, cids: list[str], clients: int, seconds: float, size: int = 100
+    port: int | list[int],
+    sid: str,
+    cids: list[str],
+    clients: int,
+    seconds: float,
+    size: int = 100,
 ) -> dict[str, float]:
-    """Rollouts and rewards in batches of ``size``, as the reporter sends them."""
+    """Rollouts and rewards in batches of ``size``, as the reporter sends them.
+    With several ports (replicas) client ``w`` talks to ``ports[w % len(ports)]``."""
+    ports = port if isinstance(port, list) else [port]
     done = 0
     stop = time.monotonic() + seconds
 
     async def worker(w: int) -> None:
         nonlocal done
-        c = await RawClient("127.0.0.1", port).connect()
+        c = await RawClient("127.0.0.1", ports[w % len(ports)]).connect()
         i = 0
         while time.monotonic() < stop:
             now = time.time()
+            # unique across runs: several runs may share one database
+            tag = f"b-{w}-{i}-{uuid.uuid4().hex[:6]}"
             rollouts = [
                 {
                     "session_id": sid,
-                    "rollout_id": f"b-{w}-{i}-{j}",
+                    "rollout_id": f"{tag}-{j}",
                     "candidate_id": cids[j % len(cids)],
                     "created_at": now,
                 }
@@ -322,8 +332,8 @@ async def batched(
             ]
             rewards = [
                 {
-                    "idempotency_key": f"b-{w}-{i}-{j}",
-                    "rollout_id": f"b-{w}-{i}-{j}",
+                    "idempotency_key": f"{tag}-{j}",
+                    "rollout_id": f"{tag}-{j}",
                     "value": (j % 5) / 4,
                     "created_at": now,
                 }
