@@ -120,9 +120,37 @@ def test_full_memory_queue_spills_to_the_outbox(wire, make_reporter, tmp_path):
     s = rep.stats()
     assert s.dropped == 0 and s.persisted == 200 and s.queued == 200
     wire.resume()
-    # Known: rows spilled during the outage may wait out their retry delay
-    # (~15 s) before they are claimed again, flush() or not; nothing is lost.
-    assert rep.flush(60), rep.stats()
+    # flush() makes rows deferred during the outage due at once, not after
+    # their retry delay (max_backoff, far longer than this test may take).
+    t0 = time.monotonic()
+    assert rep.flush(30), rep.stats()
+    assert time.monotonic() - t0 < 10, "deferred rows waited out their retry delay"
+    _exactly_once(wire, keys)
+
+
+def test_flush_sends_rows_deferred_by_an_outage_at_once(wire, make_reporter, tmp_path):
+    # Few retries and a long retry delay: during the outage most rows are tried,
+    # given up on and deferred by 20 s; one flush() after recovery must not wait
+    # that out, however many claims the small memory queue needs.
+    rep = make_reporter(
+        HttpBackend(wire.url, timeout=1.0),
+        outbox=tmp_path / "o.db",
+        max_queue=10,
+        batch_size=5,
+        max_retries=1,
+        backoff=0.01,
+        max_backoff=20.0,
+    )
+    wire.refuse()
+    keys = _send(rep, 60)
+    deadline = time.monotonic() + 20
+    while rep.stats().deferred < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rep.stats().deferred >= 20, rep.stats()
+    wire.resume()
+    t0 = time.monotonic()
+    assert rep.flush(15), rep.stats()
+    assert time.monotonic() - t0 < 10
     _exactly_once(wire, keys)
 
 

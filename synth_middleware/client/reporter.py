@@ -192,7 +192,7 @@ class RewardReporter:
         self._writer: threading.Thread | None = None
         self._writer_awake = False
         self._last_send = 0.0
-        self._urgent = False  # a flush wants deferred outbox rows now
+        self._flushing = 0  # flush() calls waiting: deferred outbox rows are wanted now
         self._pid = os.getpid()
         self._closed = False
 
@@ -378,12 +378,15 @@ class RewardReporter:
                 except Exception as exc:
                     self._note_error(f"outbox: {type(exc).__name__}: {exc}")
                     self._log_limited("outbox-maint", "outbox upkeep failed: %s", exc)
-            elif self._backlog > 0 and (self._urgent or len(self._queue) < self.max_queue // 4):
-                try:
-                    self._claim(ignore_not_before=self._urgent)
-                except Exception as exc:
-                    self._note_error(f"outbox: {type(exc).__name__}: {exc}")
-                self._urgent = False
+            elif self._backlog > 0:
+                # While a flush() waits, rows deferred by an outage are due now, and
+                # stay due until that flush ends (not just for the first claim).
+                urgent = self._flushing > 0
+                if urgent or len(self._queue) < self.max_queue // 4:
+                    try:
+                        self._claim(ignore_not_before=urgent)
+                    except Exception as exc:
+                        self._note_error(f"outbox: {type(exc).__name__}: {exc}")
             if self._incoming:
                 continue
             wait = min(every, 0.5) if self._backlog > 0 else every
@@ -692,20 +695,26 @@ class RewardReporter:
         with self._cond:
             target = self._settled + self._pending_locked()
         self.wait_persisted(max(0.0, deadline - time.monotonic()))
-        if self._backlog:
-            self._urgent = True
         self._ensure_threads()
-        self._wake.set()
-        self._wwake.set()
         with self._cond:
-            while self._settled < target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.05))
-                if self._thread is None or not self._thread.is_alive():
-                    self._ensure_threads()  # the worker died: start another (RLock)
-                self._wake.set()
+            self._flushing += 1
+        try:
+            self._wake.set()
+            self._wwake.set()
+            with self._cond:
+                while self._settled < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(min(left, 0.05))
+                    if self._thread is None or not self._thread.is_alive():
+                        self._ensure_threads()  # the worker died: start another (RLock)
+                    self._wake.set()
+                    if self._backlog:  # let the writer refill the queue from the outbox
+                        self._wwake.set()
+        finally:
+            with self._cond:
+                self._flushing -= 1
         # False when anything failed, was rejected or dropped since the last flush
         failures = self._stats.failed + self._stats.rejected + self._stats.dropped
         ok = failures == self._failures_acked
