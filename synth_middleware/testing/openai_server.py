@@ -31,7 +31,6 @@ import asyncio
 import collections
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -40,12 +39,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from synth_middleware._thread_server import ThreadServer
 
 if TYPE_CHECKING:
     import httpx2
@@ -63,7 +63,6 @@ ReplyFn = Callable[[dict[str, Any]], str]
 
 _START_TIMEOUT = 10.0
 _JOIN_TIMEOUT = 10.0
-_GRACEFUL_SHUTDOWN_SECONDS = 2
 _CHAT_SUFFIX = "/chat/completions"
 _RESPONSES_SUFFIX = "/responses"
 _SYSTEM_ROLES = ("system", "developer")
@@ -457,45 +456,6 @@ def _retry_after_headers(retry_after: float | None) -> dict[str, str]:
     return {"retry-after": seconds, "retry-after-ms": str(round(retry_after * 1000))}
 
 
-class _Server(uvicorn.Server):
-    """uvicorn server whose main loop can be woken from another thread.
-
-    Stock uvicorn polls ``should_exit`` every 0.1 s; waking it directly roughly halves
-    the time :meth:`FakeOpenAIServer.stop` takes, which adds up over a test suite.
-    """
-
-    _loop: asyncio.AbstractEventLoop | None = None
-    _wake: asyncio.Event | None = None
-
-    async def main_loop(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        counter = 0
-        should_exit = await self.on_tick(counter)
-        while not should_exit:
-            counter = (counter + 1) % 864000
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.1)
-            except TimeoutError:
-                pass
-            should_exit = await self.on_tick(counter)
-
-    @property
-    def wake_event(self) -> asyncio.Event | None:
-        """Set (on the server loop) once an exit was requested; None before the main loop."""
-        return self._wake
-
-    def request_exit(self) -> None:
-        """Ask the server to shut down (thread-safe)."""
-        self.should_exit = True
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # loop already closed: the server is exiting anyway
-                pass
-
-
 # --------------------------------------------------------------------------- server
 
 
@@ -545,31 +505,32 @@ class FakeOpenAIServer:
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self._requested_port = port
-        self._port: int | None = None
         self._initial_delay = delay
         self._initial_reply: ReplyFn = self.reply
         self._lock = threading.Lock()
         self._failures: collections.deque[_Failure] = collections.deque()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_error: BaseException | None = None
         self.app = self._build_app()
+        self._runner = ThreadServer(
+            self.app,
+            host=host,
+            port=port,
+            name="FakeOpenAIServer",
+            lifespan="off",
+            start_timeout=_START_TIMEOUT,
+            join_timeout=_JOIN_TIMEOUT,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def port(self) -> int:
         """The bound port (only known once :meth:`start` has returned)."""
-        if self._port is None:
-            raise RuntimeError("FakeOpenAIServer is not running; call start() first")
-        return self._port
+        return self._runner.port
 
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT`` with no path, for clients that add ``/v1`` themselves."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._runner.url
 
     @property
     def url(self) -> str:
@@ -579,7 +540,7 @@ class FakeOpenAIServer:
     @property
     def running(self) -> bool:
         """Whether the server thread is up and serving."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._runner.running
 
     def start(self) -> FakeOpenAIServer:
         """Bind, start serving in a daemon thread and return once connections are accepted.
@@ -588,71 +549,8 @@ class FakeOpenAIServer:
             OSError: The address could not be bound (for example the port is taken).
             RuntimeError: The server did not come up within a few seconds.
         """
-        if self.running:
-            return self
-        sock = self._bind()
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            http="h11",
-            loop="asyncio",
-            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-        )
-        server = _Server(config)
-        self._server = server
-        self._thread_error = None
-
-        def run() -> None:
-            try:
-                server.run(sockets=[sock])
-            except BaseException as exc:  # SystemExit from uvicorn startup included
-                self._thread_error = exc
-            finally:
-                sock.close()
-
-        thread = threading.Thread(target=run, name=f"FakeOpenAIServer:{self._port}", daemon=True)
-        self._thread = thread
-        thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not server.started:
-            if not thread.is_alive():
-                self._thread = self._server = None
-                raise RuntimeError(
-                    f"FakeOpenAIServer failed to start on {self.host}:{self._port}: "
-                    f"{self._thread_error!r}"
-                ) from self._thread_error
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"FakeOpenAIServer did not start within {_START_TIMEOUT:g}s "
-                    f"on {self.host}:{self._port}"
-                )
-            time.sleep(0.002)
+        self._runner.start()
         return self
-
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets
-        # only when the proto says TCP; without it every answer waits ~40 ms for
-        # the client's delayed ACK (Nagle), which would swamp every measurement.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self._requested_port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                exc.errno,
-                f"FakeOpenAIServer could not bind {self.host}:{self._requested_port}: "
-                f"{exc.strerror}",
-            ) from exc
-        sock.setblocking(False)
-        return sock
 
     def stop(self) -> None:
         """Stop serving and join the thread. Safe to call more than once.
@@ -663,17 +561,7 @@ class FakeOpenAIServer:
         Raises:
             RuntimeError: The server thread did not exit.
         """
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.request_exit()
-        thread.join(_JOIN_TIMEOUT)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(_JOIN_TIMEOUT)
-        if thread.is_alive():
-            raise RuntimeError("FakeOpenAIServer thread did not exit")
-        self._server = self._thread = None
+        self._runner.stop()
 
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()
@@ -687,7 +575,7 @@ class FakeOpenAIServer:
         self.stop()
 
     def __repr__(self) -> str:
-        where = f"{self.host}:{self._port}" if self.running else "stopped"
+        where = f"{self.host}:{self.port}" if self.running else "stopped"
         return f"<FakeOpenAIServer {where} requests={len(self.requests)}>"
 
     # ------------------------------------------------------------------ test controls
@@ -819,8 +707,7 @@ class FakeOpenAIServer:
 
     async def _sleep_unless_stopping(self, seconds: float) -> bool:
         """Sleep ``seconds``; return False early if :meth:`stop` was called meanwhile."""
-        server = self._server
-        wake = server.wake_event if server is not None else None
+        wake = self._runner.wake_event
         if wake is None:
             await asyncio.sleep(seconds)
             return True
