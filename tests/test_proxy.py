@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +18,7 @@ pytest.importorskip("fastapi")
 import openai
 
 from synth_middleware.server.background import BackgroundServer
+from synth_middleware.server.proxy_selection import _routing
 from synth_middleware.testing import FakeOpenAIServer
 
 KEY = "synth-proxy-key"
@@ -298,3 +302,162 @@ def test_upstream_down_is_502_and_slow_is_504(tmp_path: Any) -> None:
             f"{none.url}/api/v1/online/sessions/s/proxy/chat/completions", json=chat_body()
         )
         assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_not_configured"
+
+
+# -- what FakeOpenAIServer cannot do: a canned-bytes upstream ------------------------------
+
+
+class RawUpstream:
+    """A loopback HTTP/1.1 server that answers every request with the same bytes and
+    counts connections and requests (keep-alive unless ``close_after``)."""
+
+    def __init__(self, answer: bytes, *, close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.connections = 0
+        self.requests: list[bytes] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                outer.connections += 1
+                while True:
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = self.rfile.readline()
+                        if not line:
+                            return
+                        head += line
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    outer.requests.append(head + self.rfile.read(length))
+                    self.wfile.write(outer.answer)
+                    self.wfile.flush()
+                    if outer.close_after:
+                        return
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> RawUpstream:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _answer(body: bytes, status: str = "200 OK", **headers: str) -> bytes:
+    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\n{head}\r\n".encode() + body
+
+
+COMPLETION = json.dumps(
+    {"object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
+).encode()
+
+
+def test_connections_are_pooled_and_proxy_env_is_ignored(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy from the environment would send every call to a closed port (502).
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, closed)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with (
+        RawUpstream(_answer(COMPLETION, content_type="application/json")) as up,
+        BackgroundServer(db_path=tmp_path / "p.db", upstream_url=up.url) as srv,
+        httpx.Client(base_url=srv.url, trust_env=False) as c,
+    ):
+        c.post("/api/v1/online/sessions", json={"session_id": "s", "baseline": BASELINE})
+        for _ in range(20):
+            r = c.post("/api/v1/online/sessions/s/proxy/chat/completions", json=chat_body())
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "hi"
+        assert len(up.requests) == 20 and up.connections == 1  # one kept-alive connection
+        assert up.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+
+
+def test_redirects_are_not_followed(tmp_path: Any) -> None:
+    # Following one would send the upstream key wherever the redirect points.
+    with RawUpstream(_answer(COMPLETION)) as elsewhere:
+        moved = _answer(b"", "307 Temporary Redirect", location=f"{elsewhere.url}/chat/completions")
+        with (
+            RawUpstream(moved) as up,
+            BackgroundServer(
+                db_path=tmp_path / "p.db", upstream_url=up.url, upstream_api_key=UPSTREAM_KEY
+            ) as srv,
+        ):
+            httpx.post(f"{srv.url}/api/v1/online/sessions", json={"session_id": "s"})
+            for stream in (False, True):
+                r = httpx.post(
+                    f"{srv.url}/api/v1/online/sessions/s/proxy/chat/completions",
+                    json=chat_body(stream=stream),
+                )
+                assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+                assert r.json()["error"]["upstream_status"] == 307
+        assert len(up.requests) == 2 and elsewhere.requests == []
+
+
+def test_stream_cut_by_the_upstream_ends_with_an_error_event_and_is_recorded(
+    tmp_path: Any,
+) -> None:
+    event = b'data: {"choices":[{"delta":{"content":"partial"}}]}\n\n'
+    cut = (  # a chunked stream that stops without its last chunk
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event)
+    )
+    with (
+        RawUpstream(cut, close_after=True) as up,
+        BackgroundServer(db_path=tmp_path / "p.db", upstream_url=up.url) as srv,
+        httpx.Client(base_url=srv.url) as c,
+    ):
+        c.post("/api/v1/online/sessions", json={"session_id": "s", "baseline": BASELINE})
+        r = c.post(
+            "/api/v1/online/sessions/s/proxy/cut-1/chat/completions", json=chat_body(stream=True)
+        )
+        assert r.status_code == 200
+        events = [line for line in r.text.split("\n") if line.startswith("data: ")]
+        assert events[0] == event.decode().strip()
+        assert json.loads(events[-1][6:])["error"]["code"] == "upstream_error"
+        # recorded after the answer (no [DONE] came), with what the client received
+        deadline = time.monotonic() + 5
+        while True:
+            items = c.get("/api/v1/online/sessions/s/rollouts").json()["items"]
+            if items or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [(i["rollout_id"], i["output"]) for i in items] == [("cut-1", "partial")]
+
+
+def test_routing_uses_the_engines_probability_best() -> None:
+    stats = {
+        "a": {"candidate_id": "a", "reward_count": 50, "avg_reward": 0.9, "reward_m2": 1.0},
+        "b": {"candidate_id": "b", "reward_count": 50, "avg_reward": 0.1, "reward_m2": 1.0},
+    }
+    state: Any = {"policy": {"probability_best": {"a": 0.25, "b": 0.75}}}
+    assert _routing(state, ["a", "b"], stats) == [0.25, 0.75]
+    # no (or an unusable) P(best) from the engine: computed from the statistics
+    for policy in ({}, {"probability_best": {"a": 0.5}}, {"probability_best": {"a": -1, "b": 2}}):
+        weights = _routing({"policy": policy}, ["a", "b"], stats)  # type: ignore[typeddict-item]
+        assert weights[0] > 0.99 and abs(sum(weights) - 1) < 1e-6
+
+
+def test_proxy_routes_stay_in_the_openapi_document(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    base = "/api/v1/online/sessions/{session_id}/proxy"
+    for tail in (
+        "/chat/completions",
+        "/v1/chat/completions",
+        "/{rollout_id}/chat/completions",
+        "/{rollout_id}/v1/chat/completions",
+    ):
+        op = paths[base + tail]["post"]
+        assert op["tags"] == ["proxy"]
+        assert "messages" in op["requestBody"]["content"]["application/json"]["schema"]["required"]

@@ -50,6 +50,23 @@ class SessionChoice:
     checked_at: float = 0.0
 
 
+def _routing(
+    state: SessionState, ids: list[str], stats: Mapping[str, Mapping[str, Any]]
+) -> list[float]:
+    """Thompson weights: the engine's own P(best), as the client middleware routes (the
+    engine knows the reward range and the session's priors, and computed it already
+    for this version: recomputing it here cost about 0.5 ms per rebuild); computed
+    from the statistics only when the state carries none."""
+    policy = state.get("policy")
+    pb = policy.get("probability_best") if isinstance(policy, Mapping) else None
+    if isinstance(pb, Mapping):
+        probs = [pb.get(cid) for cid in ids]
+        weights = [float(p) for p in probs if isinstance(p, int | float) and 0.0 <= p <= 1.0]
+        if len(weights) == len(ids) and sum(weights) > 0:
+            return weights
+    return probability_best([dict(stats.get(cid) or {}) for cid in ids])
+
+
 class CandidateChooser:
     """Per-session serving snapshots, refreshed on state changes, not per request."""
 
@@ -115,8 +132,7 @@ class CandidateChooser:
         ids = list(parsed)
         explore = None
         if ids:
-            probs = probability_best([dict(stats.get(cid) or {}) for cid in ids])
-            explore = Categorical([parsed[cid] for cid in ids], probs)
+            explore = Categorical([parsed[cid] for cid in ids], _routing(state, ids, stats))
         baseline = parsed.get(baseline_id) if baseline_id else None
         best_id = state.get("best_candidate_id")
         best = parsed.get(best_id) if best_id else None
