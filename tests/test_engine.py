@@ -9,6 +9,7 @@ import math
 import multiprocessing
 import queue
 import random
+import sqlite3
 import statistics
 import threading
 import time
@@ -17,8 +18,15 @@ from typing import Any
 
 import pytest
 
-from synth_middleware.engine import Engine, SessionStateMachine, StorageError, open_store
+from synth_middleware.engine import (
+    Engine,
+    SessionStateMachine,
+    StorageError,
+    is_postgres_url,
+    open_store,
+)
 from synth_middleware.engine.state import Event, best_candidate
+from synth_middleware.engine.store import encode_json
 from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
 
 SID = "sess-1"
@@ -204,6 +212,105 @@ def test_rollouts_for_unknown_sessions_or_candidates_are_skipped(
     assert [i for i, _ in res.errors] == [1, 2, 3]
     assert len([r for r in caplog.records if "skipped 3" in r.getMessage()]) == 1
     assert stats_of(engine.get_state(SID), base)["rollout_count"] == 2
+
+
+def _raw_payloads(db: str, type_: str) -> list[str]:
+    """The ``payload`` text of the log's events of one type, in seq order, as stored."""
+    query = "SELECT payload FROM events WHERE type = {} ORDER BY seq"
+    if is_postgres_url(db):
+        import psycopg
+
+        with psycopg.connect(db) as conn:
+            return [r[0] for r in conn.execute(query.format("%s"), (type_,))]
+    with sqlite3.connect(db) as conn:
+        return [r[0] for r in conn.execute(query.format("?"), (type_,))]
+
+
+def test_rollout_payloads_are_stored_as_before_the_single_encode(engine: Engine, db: str) -> None:
+    # The engine encodes a rollout's details once (while checking their size) and splices
+    # in candidate_id: the stored text must equal encoding the whole event payload,
+    # keys in the order the log has always had (details, candidate_id, supplement).
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    cand = engine.add_candidate(SID, "c")
+    traced = [{"role": "user", "content": "carte perdue \u00e9 \u2028 \ud800"}]
+    row = {"session_id": SID, "created_at": 1.0, "model": "m"}
+    # A reward first creates r5 implicitly; its rollout record then supplements the details.
+    [early] = engine.record_rewards([reward("k5", "r5", 1.0, session_id=SID, candidate_id=cand)])
+    assert early["status"] == "accepted"
+    result = engine.record_rollouts(
+        [
+            {**row, "rollout_id": "r1", "candidate_id": cand, "input": traced, "output": "ok"},
+            {"session_id": SID, "rollout_id": "r2", "candidate_id": None, "created_at": 1.0},
+            {
+                **row,
+                "rollout_id": "r3",
+                "candidate_id": None,
+                "input": "x" * 300_000,
+                "output": "o",
+            },
+            {**row, "rollout_id": "r4", "candidate_id": None, "output": object()},
+            {**row, "rollout_id": "r5", "candidate_id": cand, "key": "u1", "metadata": {"t": 1}},
+        ]
+    )
+    assert (result.accepted, result.supplemented, result.skipped) == (4, 1, 0)
+    head = {"served_candidate_id": None, "created_at": 1.0}
+    expected = [
+        {
+            "rollout_id": "r5",
+            "candidate_id": cand,
+            "served_candidate_id": cand,
+            "created_at": 2.0,
+            "implicit": True,
+        },
+        {
+            "rollout_id": "r1",
+            "served_candidate_id": cand,
+            "created_at": 1.0,
+            "model": "m",
+            "input": traced,
+            "output": "ok",
+            "candidate_id": cand,
+        },
+        {"rollout_id": "r2", **head, "candidate_id": base},
+        {
+            "rollout_id": "r3",
+            **head,
+            "model": "m",
+            "truncated": True,
+            "dropped": ["input", "output"],
+            "candidate_id": base,
+        },
+        {"rollout_id": "r4", **head, "model": "m", "dropped": ["output"], "candidate_id": base},
+        {
+            "rollout_id": "r5",
+            "served_candidate_id": cand,
+            "created_at": 1.0,
+            "key": "u1",
+            "model": "m",
+            "metadata": {"t": 1},
+            "candidate_id": cand,
+            "supplement": True,
+        },
+    ]
+    assert _raw_payloads(db, "rollout") == [encode_json(p) for p in expected]
+    assert [e.payload for e in engine.iter_events(SID) if e.type == "rollout"] == expected
+
+
+def test_append_events_encodes_payloads_unless_given(db: str) -> None:
+    store = open_store(db)
+    try:
+        with store.write() as txn:
+            seq = txn.next_seq()
+            first = Event(seq, SID, "note", {"b": [1, 2.5], "a": "\u00e9"}, 1.0)
+            second = Event(seq + 1, SID, "note", {"b": None}, 1.0)
+            txn.append_events([first])  # the store encodes
+            txn.append_events([second], [encode_json(second.payload)])  # encoded by the caller
+            with pytest.raises(ValueError):  # a payload for each event, no fewer
+                txn.append_events([Event(seq + 2, SID, "note", {}, 1.0)], [])
+        assert [e.payload for e in store.read_events(SID, 0)] == [first.payload, second.payload]
+    finally:
+        store.close()
+    assert _raw_payloads(db, "note") == ['{"b":[1,2.5],"a":"\\u00e9"}', '{"b":null}']
 
 
 def test_baseline_change_starts_a_generation_and_archives_old_candidates(

@@ -164,27 +164,43 @@ class _Rollout:
     candidate_id: str | None
     created_at: float
     detail: dict[str, Any]
+    encoded: str  # ``detail`` as encode_json text: the event payload is spliced from it
 
 
 class _Batch:
     """Events and touched states of one write transaction."""
 
-    __slots__ = ("after_commit", "events", "now", "seq", "states", "txn")
+    __slots__ = ("after_commit", "events", "now", "payloads", "seq", "states", "txn")
 
     def __init__(self, txn: WriteTxn) -> None:
         self.txn = txn
         self.seq = txn.next_seq()
         self.now = time.time()
         self.events: list[Event] = []
+        self.payloads: list[str] = []  # events[i].payload as JSON text, for the store
         self.states: dict[str, SessionStateMachine | None] = {}
         self.after_commit: list[Callable[[], None]] = []
 
-    def emit(self, state: SessionStateMachine, type_: str, payload: dict[str, Any]) -> Event:
-        """Number an event, apply it to ``state`` and queue it for the log."""
+    def emit(
+        self,
+        state: SessionStateMachine,
+        type_: str,
+        payload: dict[str, Any],
+        encoded: str | None = None,
+    ) -> Event:
+        """Number an event, apply it to ``state`` and queue it for the log.
+
+        ``encoded`` is ``payload`` as :func:`encode_json` text when the caller has
+        it already (a rollout's, made while validating it): each payload is
+        encoded exactly once, here or there, and the store writes that text.
+        """
+        if encoded is None:
+            encoded = encode_json(payload)  # before apply: a bad payload changes nothing
         event = Event(self.seq, state.session_id, type_, payload, self.now)
         self.seq += 1
         state.apply(event)
         self.events.append(event)
+        self.payloads.append(encoded)
         return event
 
 
@@ -306,7 +322,7 @@ class Engine:
                     batch = _Batch(txn)
                     result = op(batch)
                     if batch.events:
-                        txn.append_events(batch.events)
+                        txn.append_events(batch.events, batch.payloads)
                         self._maybe_snapshot(batch)
             except BaseException:
                 if batch is not None:
@@ -787,9 +803,16 @@ class Engine:
                             # A reward created this rollout first; keep the details now.
                             st = self._session(batch, row.session_id)
                             if st is not None:
-                                payload = {**r.detail, "candidate_id": row.candidate_id}
+                                payload = r.detail  # ours (built by _parse_rollout): no copy
+                                payload["candidate_id"] = row.candidate_id
                                 payload["supplement"] = True
-                                ev = batch.emit(st, ROLLOUT, payload)
+                                text = _add_members(
+                                    r.encoded,
+                                    ',"candidate_id":',
+                                    encode_json(row.candidate_id),
+                                    ',"supplement":true',
+                                )
+                                ev = batch.emit(st, ROLLOUT, payload, text)
                                 batch.txn.set_rollout_detail(r.rollout_id, ev.seq)
                                 known[r.rollout_id] = row._replace(detail_seq=ev.seq)
                                 result.supplemented += 1
@@ -806,7 +829,10 @@ class Engine:
                             (r.index, f"unknown candidate {r.candidate_id!r} in {r.session_id!r}")
                         )
                         continue
-                    ev = batch.emit(state, ROLLOUT, {**r.detail, "candidate_id": cid})
+                    payload = r.detail
+                    payload["candidate_id"] = cid
+                    text = _add_members(r.encoded, ',"candidate_id":', encode_json(cid))
+                    ev = batch.emit(state, ROLLOUT, payload, text)
                     row = RolloutRow(r.rollout_id, r.session_id, cid, r.created_at, ev.seq, ev.seq)
                     known[r.rollout_id] = row
                     rows.append(row)
@@ -1111,7 +1137,9 @@ def _parse_rollout(index: int, record: object, now: float) -> _Rollout:
         if value is not None:
             detail[name] = value
     try:
-        size = len(encode_json(detail))  # one encode in the common case (hot: every rollout)
+        # The only encode of the common case (hot: every rollout): it checks that the
+        # details are JSON and their size, and its text becomes the stored payload.
+        encoded = encode_json(detail)
     except (TypeError, ValueError):
         for name in _DETAIL_FIELDS:
             if name not in detail:
@@ -1121,15 +1149,27 @@ def _parse_rollout(index: int, record: object, now: float) -> _Rollout:
             except (TypeError, ValueError):
                 del detail[name]
                 dropped.append(name)  # keep the rollout: its counts matter more than this field
-        size = len(encode_json(detail))
-    if size > MAX_ROLLOUT_DETAIL_BYTES:
+        encoded = encode_json(detail)
+    if len(encoded) > MAX_ROLLOUT_DETAIL_BYTES:
         for name in ("input", "output"):
             if detail.pop(name, None) is not None:
                 dropped.append(name)
         detail["truncated"] = True
     if dropped:
         detail["dropped"] = dropped
-    return _Rollout(index, session_id, rollout_id, candidate_id, created, detail)  # type: ignore[arg-type]
+    if dropped or "truncated" in detail:  # rare: the details changed after the encode
+        encoded = encode_json(detail)
+    return _Rollout(index, session_id, rollout_id, candidate_id, created, detail, encoded)  # type: ignore[arg-type]
+
+
+def _add_members(encoded: str, *members: str) -> str:
+    """``encoded`` (a non-empty JSON object from :func:`encode_json`) with ``members``
+    (``',"key":'`` and encoded values, in order) appended before its ``}``.
+
+    The same text as encoding the dict with those keys added last, without
+    encoding the (possibly large: a trace) rest of it again.
+    """
+    return encoded[:-1] + "".join(members) + "}"
 
 
 def _parse_sort(sort: str | None) -> list[tuple[str, bool]]:

@@ -137,8 +137,14 @@ class WriteTxn(ABC):
         """The first unused seq; the caller numbers its events from it."""
 
     @abstractmethod
-    def append_events(self, events: Sequence[Event]) -> None:
-        """Append events (already numbered from :meth:`next_seq`)."""
+    def append_events(self, events: Sequence[Event], payloads: Sequence[str] | None = None) -> None:
+        """Append events (already numbered from :meth:`next_seq`).
+
+        ``payloads``, when given, holds each event's payload already encoded with
+        :func:`encode_json` (the engine encodes each payload once, a rollout's while
+        it checks its size, so the store must not encode it again); ``None``
+        encodes them here. The stored text is the same either way.
+        """
 
     @abstractmethod
     def add_session(
@@ -235,10 +241,15 @@ class SqliteWriteTxn(_SqliteReads, WriteTxn):
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         return (row[0] if row else 0) + 1
 
-    def append_events(self, events: Sequence[Event]) -> None:
+    def append_events(self, events: Sequence[Event], payloads: Sequence[str] | None = None) -> None:
+        if payloads is None:
+            payloads = [_encode(e.payload) for e in events]
         self._conn.executemany(
             "INSERT INTO events (seq, session_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(e.seq, e.session_id, e.type, _encode(e.payload), e.created_at) for e in events],
+            [
+                (e.seq, e.session_id, e.type, p, e.created_at)
+                for e, p in zip(events, payloads, strict=True)
+            ],
         )
 
     def add_session(

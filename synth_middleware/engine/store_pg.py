@@ -261,9 +261,11 @@ class PgWriteTxn(WriteTxn):
     def next_seq(self) -> int:
         return self._next_seq
 
-    def append_events(self, events: Sequence[Event]) -> None:
+    def append_events(self, events: Sequence[Event], payloads: Sequence[str] | None = None) -> None:
         if not events:
             return
+        if payloads is None:
+            payloads = [encode_json(e.payload) for e in events]
         self._buffer(
             "INSERT INTO events (seq, session_id, type, payload, created_at)"
             " SELECT seq, session_id, type, payload, created_at"
@@ -272,8 +274,8 @@ class PgWriteTxn(WriteTxn):
                 _json_rows(
                     ("seq", "session_id", "type", "payload", "created_at"),
                     [
-                        (e.seq, e.session_id, e.type, encode_json(e.payload), e.created_at)
-                        for e in events
+                        (e.seq, e.session_id, e.type, p, e.created_at)
+                        for e, p in zip(events, payloads, strict=True)
                     ],
                 ),
             ),
