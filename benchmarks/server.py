@@ -17,8 +17,8 @@ client's own cost stays small next to the server's on this 2-core machine).
   ``POST /api/v1/rewards/batch`` (their 100 rewards; in the newest dialect the
   reward ends the rollout).
 * candidate fetch latency (``GET /api/v1/candidates/{id}``; also the session
-  state and a candidate page), one client, idle server, and while the
-  per-request load runs.
+  state and a candidate page), one client, idle server, and while each of the
+  two unbatched loads runs (one probe every 5 ms).
 
 Prints markdown.
 """
@@ -200,6 +200,18 @@ async def setup(port: int) -> tuple[str, list[str]]:
     return sid, cids
 
 
+async def prober(port: int, candidate_id: str, stop: float, samples: list[float]) -> None:
+    """``GET /api/v1/candidates/{id}`` every 5 ms until ``stop``; latencies into ``samples``."""
+    c = await RawClient("127.0.0.1", port).connect()
+    raw = c.build("GET", f"/api/v1/candidates/{candidate_id}")
+    while time.monotonic() < stop:
+        t0 = time.perf_counter()
+        await c.send(raw)
+        samples.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.005)
+    c.close()
+
+
 async def per_request(
     port: int,
     sid: str,
@@ -247,27 +259,22 @@ async def per_request(
             i += 1
         c.close()
 
-    async def prober() -> None:
-        c = await RawClient("127.0.0.1", port).connect()
-        raw = c.build("GET", f"/api/v1/candidates/{cids[1]}")
-        while time.monotonic() < stop:
-            t0 = time.perf_counter()
-            await c.send(raw)
-            probe.append(time.perf_counter() - t0)  # type: ignore[union-attr]
-            await asyncio.sleep(0.005)
-        c.close()
-
     t0 = time.perf_counter()
     tasks = [worker(w) for w in range(clients)]
     if probe is not None:
-        tasks.append(prober())
+        tasks.append(prober(port, cids[1], stop, probe))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
     return {"rollouts": done / elapsed, "requests": 3 * done / elapsed, "errors": errors}
 
 
 async def reward_only(
-    port: int, sid: str, cids: list[str], clients: int, seconds: float
+    port: int,
+    sid: str,
+    cids: list[str],
+    clients: int,
+    seconds: float,
+    probe: list[float] | None = None,
 ) -> dict[str, float]:
     """One request per rollout: the reward names rollout and candidate and creates the rollout
     (the newest dialect's lifecycle; what ``session.update_reward`` sends)."""
@@ -295,7 +302,10 @@ async def reward_only(
         c.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*[worker(w) for w in range(clients)])
+    tasks = [worker(w) for w in range(clients)]
+    if probe is not None:
+        tasks.append(prober(port, cids[1], stop, probe))
+    await asyncio.gather(*tasks)
     return {"rollouts": done / (time.perf_counter() - t0)}
 
 
@@ -394,7 +404,8 @@ def main() -> None:
             pr = asyncio.run(per_request(port, sid, cids, args.clients, args.seconds, probe))
             pr_cpu = (cpu_seconds(proc.pid) - cpu0) / (pr["rollouts"] * (time.perf_counter() - t0))
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-            ro = asyncio.run(reward_only(port, sid, cids, args.clients, args.seconds))
+            ro_probe: list[float] = []
+            ro = asyncio.run(reward_only(port, sid, cids, args.clients, args.seconds, ro_probe))
             ro_cpu = (cpu_seconds(proc.pid) - cpu0) / (ro["rollouts"] * (time.perf_counter() - t0))
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             bt = asyncio.run(batched(port, sid, cids, max(2, args.clients // 8), args.seconds))
@@ -430,10 +441,13 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for name, samples in lat.items():
         print(f"| {name}, idle | {pct(samples, 0.5):.2f} | {pct(samples, 0.99):.2f} |")
-    if probe:
+    for label, samples in (
+        ("one request per step", probe),
+        ("one request per rollout", ro_probe),
+    ):
         print(
-            f"| GET /api/v1/candidates/{{id}}, during the per-request load | "
-            f"{pct(probe, 0.5):.2f} | {pct(probe, 0.99):.2f} |"
+            f"| GET /api/v1/candidates/{{id}}, during the {label} load | "
+            f"{pct(samples, 0.5):.2f} | {pct(samples, 0.99):.2f} |"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -514,3 +515,206 @@ def test_history_views(http: httpx.Client) -> None:
     assert rollouts[0]["rewards"][0]["value"] == 2
     tl = http.get(f"/api/v1/online/sessions/{sid}/timeline", params={"buckets": 4}).json()
     assert len(tl["buckets"]) == 4 and sum(b["rollouts"] for b in tl["buckets"]) == 3
+
+
+# -- the hot routes (answered before FastAPI) ----------------------------------------------
+
+# The hot layer answers JSON bodies sent as application/json and GETs without a query
+# string; the same requests sent as another JSON type, or with a query parameter the
+# route ignores, are answered by the FastAPI route. Both must answer alike.
+HOT = {"content-type": "application/json"}
+FASTAPI = {"content-type": "application/x-test+json"}
+
+
+def both_ways(
+    http: httpx.Client,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[httpx.Response, httpx.Response]:
+    """The same request through the hot layer, then through FastAPI."""
+    out = []
+    for via, query in ((HOT, ""), (FASTAPI, "?via=fastapi")):
+        if body is None and raw is None:
+            out.append(http.request(method, path + query, headers=headers))
+        else:
+            content = raw if raw is not None else json.dumps(body(via is HOT)).encode()
+            out.append(
+                http.request(method, path, content=content, headers={**via, **(headers or {})})
+            )
+    return out[0], out[1]
+
+
+def test_hot_routes_answer_errors_as_fastapi_does(http: httpx.Client) -> None:
+    sid = new_session(http)
+    url = f"/api/v1/online/sessions/{sid}/reward"
+    version = http.get(f"/api/v1/online/sessions/{sid}").json()["version"]
+    cases: list[tuple[str, str, Any, bytes | None, dict[str, str] | None, int]] = [
+        (
+            "POST",
+            "/api/v1/online/sessions/nope/reward",
+            {"reward_info": {"score": 1}},
+            None,
+            None,
+            404,
+        ),
+        ("POST", url, {"reward_info": {"score": 1}, "candidate_id": "cand_nope"}, None, None, 404),
+        ("POST", url, {"reward_info": {"score": "high"}}, None, None, 422),
+        ("POST", url, {"reward_info": {}}, None, None, 422),
+        ("POST", url, {"reward_info": {"score": 1}, "rollout_id": ""}, None, None, 422),
+        ("POST", url, None, b"{not json", None, 400),
+        ("POST", url, None, b"", None, 422),
+        ("POST", url, {"reward_info": {"score": 1}}, None, {"idempotency-key": "k" * 300}, 422),
+        ("POST", "/api/v1/online/sessions/bad id/rewards:batch", {"rewards": []}, None, None, 400),
+        ("POST", "/api/v1/rollouts/batch", {"rollouts": "x"}, None, None, 422),
+        (
+            "POST",
+            f"/api/prompt-learning/online/mipro/systems/{sid}/status",
+            {"rollout_id": "r", "status": "reward"},
+            None,
+            None,
+            422,
+        ),
+        (
+            "POST",
+            "/api/prompt-learning/online/mipro/systems/nope/status",
+            {"rollout_id": "r", "status": "done"},
+            None,
+            None,
+            404,
+        ),
+        ("GET", "/api/v1/online/sessions/nope", None, None, None, 404),
+        ("GET", "/api/v1/online/sessions/bad id/state", None, None, None, 400),
+        ("GET", "/api/v1/candidates/cand_nope", None, None, None, 404),
+    ]
+    for method, path, body, raw, headers, status in cases:
+        make = (lambda hot, b=body: b) if body is not None else None
+        hot, slow = both_ways(http, method, path, make, raw=raw, headers=headers)
+        assert hot.status_code == slow.status_code == status, (path, body, hot.text, slow.text)
+        assert hot.json() == slow.json(), (path, body)
+        error_of(hot)
+    assert http.get(f"/api/v1/online/sessions/{sid}").json()["version"] == version
+
+
+def test_hot_routes_answer_successes_as_fastapi_does(http: httpx.Client) -> None:
+    sid = new_session(http)
+    cid = http.post(f"/api/v1/online/sessions/{sid}/candidates", json={"candidate_content": "B"})
+    cid = cid.json()["candidate_id"]
+
+    def same(hot: httpx.Response, slow: httpx.Response, *varying: str) -> None:
+        assert hot.status_code == slow.status_code == 200, (hot.text, slow.text)
+        a, b = hot.json(), slow.json()
+        for key in varying:
+            assert a.pop(key) != b.pop(key)
+        assert a == b
+
+    reward = {"reward_info": {"score": 0.5, "why": "x"}, "candidate_id": cid, "trace_ref": "t"}
+    for path in (
+        f"/api/v1/online/sessions/{sid}/reward",
+        f"/api/prompt-learning/online/gepa/sessions/{sid}/reward",
+    ):
+        same(
+            *both_ways(
+                http, "POST", path, lambda hot, p=path: {**reward, "rollout_id": f"r-{hot}-{p}"}
+            ),
+            "rollout_id",
+            "idempotency_key",
+        )
+    dup = {"reward_info": {"score": 1}, "rollout_id": "dup", "idempotency_key": "dup"}
+    http.post(f"/api/v1/online/sessions/{sid}/reward", json=dup)
+    same(*both_ways(http, "POST", f"/api/v1/online/sessions/{sid}/reward", lambda hot: dup))
+    hot, slow = both_ways(
+        http,
+        "POST",
+        f"/api/v1/online/sessions/{sid}/reward",
+        lambda hot: {"reward_info": {"score": 1}, "rollout_id": "h"},
+        headers={"Idempotency-Key": "from-header"},
+    )  # the header key reached both: the second is a duplicate of the first
+    assert [r.json()["status"] for r in (hot, slow)] == ["accepted", "duplicate"]
+    assert hot.json()["idempotency_key"] == slow.json()["idempotency_key"] == "from-header"
+    same(
+        *both_ways(
+            http,
+            "POST",
+            f"/api/v1/online/sessions/{sid}/rollouts:batch",
+            lambda hot: {"rollouts": [{"rollout_id": f"b-{hot}", "candidate_id": cid}, {"x": 1}]},
+        )
+    )
+    hot, slow = both_ways(
+        http,
+        "POST",
+        "/api/v1/rewards/batch",
+        lambda hot: {
+            "rewards": [
+                {"idempotency_key": "dup", "rollout_id": "dup", "value": 1},
+                {"idempotency_key": f"new-{hot}", "rollout_id": f"b-{hot}", "value": 1},
+                {"idempotency_key": "bad", "rollout_id": f"b-{hot}", "value": "x"},
+            ]
+        },
+    )
+    results = [[(r["status"], r.get("error")) for r in x.json()["results"]] for x in (hot, slow)]
+    assert results[0] == results[1]
+    assert [status for status, _ in results[0]] == ["duplicate", "accepted", "rejected"]
+    same(
+        *both_ways(
+            http,
+            "POST",
+            f"/api/prompt-learning/online/mipro/systems/{sid}/status",
+            lambda hot: {"rollout_id": f"b-{hot}", "status": "done"},
+        ),
+        "rollout_id",
+    )
+    same(*both_ways(http, "GET", f"/api/v1/online/sessions/{sid}"))
+    same(*both_ways(http, "GET", f"/api/v1/online/sessions/{sid}/state"))
+    same(*both_ways(http, "GET", f"/api/v1/candidates/{cid}"))
+    state = http.get(f"/api/v1/online/sessions/{sid}").json()
+    assert state["rollout_count"] == state["reward_count"] == 8
+
+
+def test_hot_routes_are_the_documented_routes(server: Any) -> None:
+    from synth_middleware.server.models import RewardRequest
+    from synth_middleware.server.routes.hot import ROUTES, HotRoutes
+
+    paths = server.app.openapi()["paths"]
+    hot = HotRoutes(server.app, ctx=server.app.state.synth)
+    for route in ROUTES:
+        op = paths[route.path][route.method.lower()]  # same path, same method, documented
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+        ref = body.get("schema", {}).get("$ref")
+        assert ref == (f"#/components/schemas/{route.model.__name__}" if route.model else None)
+        names = re.findall(r"\{(\w+)\}", route.path)
+        concrete = re.sub(r"\{(\w+)\}", r"\1-x", route.path)
+        assert hot.match(route.method, concrete) == (route, {n: f"{n}-x" for n in names})
+    # ordinary JSON bodies are parsed here; anything else is left to FastAPI
+    ok = b'{"reward_info": {"score": 1}}'
+    assert isinstance(
+        hot._parse(RewardRequest, ok, [(b"content-type", b"application/json")]), RewardRequest
+    )
+    assert isinstance(hot._parse(RewardRequest, ok, []), RewardRequest)
+    for raw, content_type in (
+        (ok, b"application/x-test+json"),
+        (ok, b"text/plain"),
+        (b"", b"application/json"),
+        (b"{", b"application/json"),
+        (b'{"reward_info": 1}', b"application/json"),
+    ):
+        assert hot._parse(RewardRequest, raw, [(b"content-type", content_type)]) is None
+    assert hot.match("POST", "/api/v1/online/sessions/s/reward/extra") is None
+    assert hot.match("DELETE", "/api/v1/candidates/c") is None
+    assert hot.match("GET", "/api/v1/candidates/a/b") is None
+
+
+def test_json_bodies_without_content_type_are_json_on_every_route(http: httpx.Client) -> None:
+    sid = f"noct-{next(_counter)}"
+    body = json.dumps({"session_id": sid, "baseline": "b"}).encode()
+    r = http.post("/api/v1/online/sessions", content=body)  # a FastAPI route
+    assert "content-type" not in r.request.headers and r.status_code == 200, r.text
+    reward = json.dumps({"reward_info": {"score": 1}}).encode()
+    r = http.post(f"/api/v1/online/sessions/{sid}/reward", content=reward)  # a hot one
+    assert r.status_code == 200, r.text
+    for path in ("/api/v1/online/sessions", f"/api/v1/online/sessions/{sid}/reward"):
+        r = http.post(path, content=body, headers={"content-type": "text/plain"})
+        assert r.status_code == 422 and error_of(r)["code"] == "validation_error"

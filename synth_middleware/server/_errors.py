@@ -15,6 +15,7 @@ app factory installs :func:`install_error_handlers`, which maps:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -149,10 +150,27 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal server error")
 
 
+_HANDLERS: tuple[
+    tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]], ...
+] = (
+    (ApiError, _api_error),
+    (BackendError, _backend_error),
+    (RequestValidationError, _validation_error),
+    (StarletteHTTPException, _http_error),
+)
+
+
+async def error_response_for(request: Request, exc: Exception) -> Response:
+    """The response the installed handlers give ``exc`` (for routes answered outside
+    FastAPI's exception middleware, so both paths answer errors alike)."""
+    for cls, handler in _HANDLERS:  # disjoint classes: the first match is the handler
+        if isinstance(exc, cls):
+            return await handler(request, exc)
+    return await _unexpected(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error the app answers a JSON ``{"error": {"code", "message"}}``."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(BackendError, _backend_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for cls, handler in _HANDLERS:
+        app.add_exception_handler(cls, handler)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,8 +1,9 @@
 """Request-body size limit as a pure ASGI middleware.
 
 A declared ``Content-Length`` over the limit is refused at once with 413; a
-body without one (chunked) is counted as it streams and refused with 413 as
-soon as it passes the limit. Nothing of a refused request reaches the engine.
+body without one (chunked, or over HTTP/2) is counted as it streams and
+refused with 413 as soon as it passes the limit. Nothing of a refused request
+reaches the engine.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
+        declared: int | None = None
+        chunked = False
         for name, value in scope.get("headers") or ():
             if name == b"content-length":
                 try:
@@ -72,7 +75,14 @@ class BodyLimitMiddleware:
                 if declared > limit:
                     await self._refuse(send)
                     return
-                break
+            elif name == b"transfer-encoding":
+                chunked = True
+        framed = declared is None or declared >= 0
+        if framed and not chunked and scope.get("http_version") in ("1.0", "1.1"):
+            # HTTP/1 frames the body by Content-Length (none: no body), so it cannot
+            # pass the limit: skip counting it (two closures per request).
+            await self.app(scope, receive, send)
+            return
         seen = 0
         started = False
 

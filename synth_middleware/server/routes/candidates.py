@@ -117,13 +117,14 @@ async def list_session_candidates(
 
 
 def _session_of(ctx: ServerContext, candidate_id: str) -> str:
-    sid = ctx.engine.store.candidate_session(candidate_id) if candidate_id else None
+    sid = ctx.candidate_session(candidate_id) if candidate_id else None
     if sid is None:
         raise NotFoundError(f"unknown candidate {candidate_id!r}", code="candidate_not_found")
     return sid
 
 
-def _get(ctx: ServerContext, candidate_id: str) -> dict[str, Any]:
+def candidate_item(ctx: ServerContext, candidate_id: str) -> dict[str, Any]:
+    """One candidate as ``GET /api/v1/candidates/{id}`` answers it (404 if unknown)."""
     sid = _session_of(ctx, candidate_id)
     return _enrich(ctx.engine.get_candidate(candidate_id), sid)
 
@@ -131,7 +132,7 @@ def _get(ctx: ServerContext, candidate_id: str) -> dict[str, Any]:
 @router.get("/api/v1/candidates/{candidate_id}", response_model=CandidateItemResponse)
 async def get_candidate(candidate_id: str, ctx: Ctx) -> Response:
     """One candidate with its full payload."""
-    return json_response(_get(ctx, candidate_id))
+    return json_response(candidate_item(ctx, candidate_id))
 
 
 @router.get(
@@ -141,7 +142,7 @@ async def get_candidate(candidate_id: str, ctx: Ctx) -> Response:
 async def get_job_candidate(job_id: str, candidate_id: str, ctx: Ctx) -> Response:
     """Offline jobs are not run by this server: answers only when ``job_id`` is the
     candidate's session, else 404."""
-    item = _get(ctx, candidate_id)
+    item = candidate_item(ctx, candidate_id)
     if item["session_id"] != job_id:
         raise ApiError(404, "job_not_found", f"unknown offline job {job_id!r}")
     return json_response(item)

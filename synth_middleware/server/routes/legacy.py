@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from synth_middleware.server import operations as ops
-from synth_middleware.server._errors import ApiError
 from synth_middleware.server._responses import json_response
 from synth_middleware.server.context import ServerContext, get_context
 from synth_middleware.server.models import (
@@ -70,32 +69,7 @@ async def mipro_status(
 ) -> Response:
     """``{rollout_id, status: "reward", reward, candidate_id?}`` records a reward; any
     other status (``"done"``) is acknowledged."""
-    if body.status == "reward":
-        if body.reward is None:
-            raise ApiError(422, "missing_reward", 'status "reward" needs a numeric "reward"')
-        ack = await ops.record_reward(
-            ctx,
-            system_id,
-            value=body.reward,
-            rollout_id=body.rollout_id,
-            candidate_id=body.candidate_id,
-            idempotency_key=body.idempotency_key or idempotency_key,
-            metadata=body.metadata,
-        )
-        return json_response(
-            {**ack, "system_id": system_id, "status": "reward", "result": ack["status"]}
-        )
-    ctx.require_session(system_id)  # 404 for an unknown system
-    cid = body.candidate_id or ops.remembered_candidate(ctx, system_id, body.rollout_id)
-    return json_response(
-        {
-            "ok": True,
-            "system_id": system_id,
-            "rollout_id": body.rollout_id,
-            "candidate_id": cid,
-            "status": body.status,
-        }
-    )
+    return json_response(await ops.mipro_status(ctx, system_id, body, idempotency_key))
 
 
 @router.get("/mipro/systems/{system_id}/state")
