@@ -18,6 +18,7 @@ import logging
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import openai
@@ -32,10 +33,21 @@ from synth_middleware.testing import in_memory_http_client
 SYSTEM = "You are a support assistant. Classify the customer's request."
 
 
+def _traced() -> float:
+    """Python-level allocations now traced, in MiB (0 when not tracing)."""
+    return tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--every", type=int, default=100_000)
+    ap.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="also trace Python allocations (slower): tells a leak of Python objects "
+        "from native growth (SQLite's cache, the allocator)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +71,10 @@ def main() -> None:
             create(model="m", messages=msgs)
         synth.flush(60)
         gc.collect()
-        samples = [(0, rss_mb(), 0.0)]
+        if args.tracemalloc:
+            tracemalloc.start()
+        first = tracemalloc.take_snapshot() if args.tracemalloc else None
+        samples = [(0, rss_mb(), 0.0, _traced())]
         t0 = time.perf_counter()
         for i in range(1, args.calls + 1):
             resp = create(model="m", messages=msgs)
@@ -68,22 +83,31 @@ def main() -> None:
             if i % args.every == 0:
                 synth.flush(60)
                 gc.collect()
-                samples.append((i, rss_mb(), time.perf_counter() - t0))
+                samples.append((i, rss_mb(), time.perf_counter() - t0, _traced()))
         synth.flush(120)
+        growth = []
+        if first is not None:
+            gc.collect()
+            growth = tracemalloc.take_snapshot().compare_to(first, "lineno")[:8]
         stats = synth.stats()
         state = backend.get_state("soak")
         backend.close()
     print(f"machine: {machine()}")
     print(f"soak: {args.calls:,} wrapped calls (in-memory transport), reward every 10th")
-    print("| calls | RSS (MiB) | elapsed (s) |")
-    print("| --- | --- | --- |")
-    for n, rss, el in samples:
-        print(f"| {n:,} | {rss:.1f} | {el:.0f} |")
+    traced = args.tracemalloc
+    print("| calls | RSS (MiB) | elapsed (s) |" + (" Python-traced (MiB) |" if traced else ""))
+    print("| --- | --- | --- |" + (" --- |" if traced else ""))
+    for n, rss, el, py in samples:
+        print(f"| {n:,} | {rss:.1f} | {el:.0f} |" + (f" {py:.2f} |" if traced else ""))
     print(
         f"RSS start {samples[0][1]:.1f} MiB -> end {samples[-1][1]:.1f} MiB "
         f"(+{samples[-1][1] - samples[0][1]:.1f}); from the first 100k sample: "
         f"{samples[1][1] if len(samples) > 1 else float('nan'):.1f} -> {samples[-1][1]:.1f}"
     )
+    if growth:
+        print("largest Python-level growth since the first sample:")
+        for stat in growth:
+            print(f"  {stat}")
     rep = {k: v for k, v in stats.items() if k != "sessions"}
     print(f"reporter: {rep}")
     print(
