@@ -661,3 +661,136 @@ def test_closed_store_raises_storage_error(db: str) -> None:
     with pytest.raises(StorageError) as info:
         engine.get_state(SID)
     assert info.value.retryable
+
+
+# -- hot-path caches and per-record outcomes ------------------------------------------------
+
+
+def _event(seq: int, type_: str, **payload: Any) -> Event:
+    return Event(seq, SID, type_, payload, float(seq))
+
+
+def test_policy_is_reused_until_an_input_of_it_changes() -> None:
+    st = SessionStateMachine(SID)
+    seq = iter(range(1, 1000))
+    st.apply(_event(next(seq), "session_created", kind="mipro_online", config={}))
+    st.apply(_event(next(seq), "candidate_added", candidate_id="b", is_baseline=True))
+    st.apply(_event(next(seq), "candidate_added", candidate_id="c"))
+    first = st.policy()
+
+    # Rollouts, status changes and lease-only optimizer patches leave the posterior alone.
+    for i in range(50):
+        st.apply(_event(next(seq), "rollout", rollout_id=f"r{i}", candidate_id="c"))
+    st.apply(_event(next(seq), "session_status", status="paused"))
+    st.apply(_event(next(seq), "optimizer", patch={"lease": {"owner": "x", "until": 1.0}}))
+    assert st.policy() is first
+    assert st.candidates["c"].rollout_count == 50
+
+    # Each input of the policy makes the next call evaluate again.
+    seen = [first]
+
+    def changed() -> Any:
+        decision = st.policy()
+        assert all(decision is not old for old in seen)
+        seen.append(decision)
+        # ... and the cached decision equals a fresh evaluation of the same state
+        fresh = SessionStateMachine.from_snapshot(st.to_snapshot()).policy()
+        assert decision.to_json() == fresh.to_json()
+        return decision
+
+    for i in range(10):
+        st.apply(_event(next(seq), "reward", candidate_id="c", value=1.0, rollout_id=f"r{i}"))
+    after_rewards = changed()
+    p_best = after_rewards.to_json()["probability_best"]
+    assert p_best["c"] > first.to_json()["probability_best"]["c"]  # rewards moved it
+    st.apply(_event(next(seq), "rollout", rollout_id="r99", candidate_id="b"))
+    assert st.policy() is after_rewards
+    st.apply(_event(next(seq), "candidate_added", candidate_id="d"))
+    assert "d" in changed().to_json()["probability_best"]
+    st.apply(_event(next(seq), "candidate_archived", candidate_id="d", reason="x"))
+    assert "d" not in changed().to_json()["probability_best"]
+    st.apply(_event(next(seq), "config_updated", config={"min_rollouts_for_best": 5}))
+    changed()
+    st.apply(_event(next(seq), "optimizer", patch={"best_candidate_id": "c"}))
+    changed()
+    st.apply(_event(next(seq), "a_future_event_type"))  # unknown: assumed to matter
+    changed()
+
+
+def test_state_reads_under_rollouts_keep_the_posterior_and_rewards_move_it(
+    engine: Engine,
+) -> None:
+    base = engine.ensure_session(SID, baseline="b")["baseline_candidate_id"]
+    cand = engine.add_candidate(SID, "c")
+    engine.record_rollouts(rollouts(SID, [f"w{i}" for i in range(20)], cand))
+    engine.record_rewards([reward(f"k{i}", f"w{i}", 1.0) for i in range(20)])
+    before = engine.get_state(SID)["policy"]
+    for i in range(5):
+        engine.record_rollouts(rollouts(SID, [f"more{i}"], base))
+        assert engine.get_state(SID)["policy"] == before
+    engine.record_rewards([reward(f"m{i}", f"more{i}", 0.0) for i in range(5)])
+    after = engine.get_state(SID)["policy"]
+    assert after["probability_best"][base] < before["probability_best"][base]
+
+
+def test_get_candidate_remembers_sessions_and_finds_other_writers_candidates(
+    tmp_path: Any,
+) -> None:
+    path = str(tmp_path / "cands.db")
+    engine, other = Engine(open_store(path)), Engine(open_store(path))
+    try:
+        engine.ensure_session(SID, baseline="b")
+        mine = engine.add_candidate(SID, "mine")
+        # Added by another engine (another process or replica): found through the store.
+        theirs = other.add_candidate(SID, "theirs")
+        assert engine.get_candidate(theirs)["candidate_content"] == "theirs"
+        # Once known, the candidate -> session mapping is memory: with the store's
+        # candidates rows gone, this engine still answers; a new engine no longer can.
+        with sqlite3.connect(path) as conn:
+            conn.execute("DELETE FROM candidates")
+        assert engine.get_candidate(mine)["candidate_content"] == "mine"
+        assert engine.get_candidate(theirs)["candidate_id"] == theirs
+        fresh = Engine(open_store(path))
+        with pytest.raises(NotFoundError) as err:
+            fresh.get_candidate(mine)
+        fresh.close()
+        assert err.value.code == "candidate_not_found"
+        for unknown in ("cand_unknown", "", "x" * 300):
+            with pytest.raises(NotFoundError) as err:
+                engine.get_candidate(unknown)
+            assert err.value.code == "candidate_not_found"
+    finally:
+        engine.close()
+        other.close()
+
+
+def test_record_rollouts_reports_each_records_outcome(engine: Engine) -> None:
+    engine.ensure_session(SID, baseline="b")
+    engine.record_rollouts(rollouts(SID, ["old"], None))
+    cand = engine.add_candidate(SID, "c")
+    early = reward("k", "early", 1.0, session_id=SID, candidate_id=cand)
+    assert engine.record_rewards([early])[0]["status"] == "accepted"
+    res = engine.record_rollouts(
+        [
+            *rollouts(SID, ["new"], None),
+            *rollouts(SID, ["old"], None),  # stored by an earlier call
+            *rollouts(SID, ["new"], None),  # repeated in this batch: the second is a duplicate
+            "junk",
+            *rollouts(SID, ["early"], cand),  # a reward created it: details supplemented
+            *rollouts("nobody", ["lost"], None),
+            *rollouts(SID, ["x"], "cand_nope"),
+            *rollouts(SID, ["new2"], cand),
+        ]
+    )
+    assert res.statuses == [
+        "accepted",
+        "duplicate",
+        "duplicate",
+        "skipped",
+        "supplemented",
+        "skipped",
+        "skipped",
+        "accepted",
+    ]
+    assert (res.accepted, res.duplicates, res.supplemented, res.skipped) == (2, 2, 1, 3)
+    assert [i for i, _ in res.errors] == [3, 5, 6]

@@ -718,3 +718,127 @@ def test_json_bodies_without_content_type_are_json_on_every_route(http: httpx.Cl
     for path in ("/api/v1/online/sessions", f"/api/v1/online/sessions/{sid}/reward"):
         r = http.post(path, content=body, headers={"content-type": "text/plain"})
         assert r.status_code == 422 and error_of(r)["code"] == "validation_error"
+
+
+# -- the writer: group commit of concurrent rollout batches -----------------------------------
+
+
+def _writer_engine(tmp_path: Any) -> Any:
+    from synth_middleware.engine import Engine, open_store
+
+    engine = Engine(open_store(str(tmp_path / "writer.db")))
+    engine.ensure_session("w", baseline=BASELINE)
+    return engine
+
+
+def _ro(*ids: str, session: str = "w") -> list[dict[str, Any]]:
+    return [{"session_id": session, "rollout_id": rid} for rid in ids]
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_writer_merges_concurrent_rollout_batches_with_exact_answers(
+    tmp_path: Any, threaded: bool
+) -> None:
+    import asyncio
+
+    from synth_middleware.server.writer import EngineWriter
+
+    engine = _writer_engine(tmp_path)
+    engine.record_rollouts(_ro("old"))
+    writer = EngineWriter(engine, threaded=threaded)
+    requests = [
+        _ro("a1", "shared", "old"),
+        [*_ro("b1"), "junk", *_ro("shared", "b2")],
+        _ro("c1", "nobody-knows", session="no-such-session"),
+        _ro("shared", "d1", "d1"),
+    ]
+
+    async def send() -> list[Any]:
+        return await asyncio.gather(*(writer.record_rollouts(r) for r in requests))
+
+    try:
+        if threaded:
+            writer.start()
+        a, b, c, d = asyncio.run(send())
+        if not threaded:  # inline: one drain of the queue, one transaction for all four
+            assert (writer.batches, writer.jobs, writer.engine_calls) == (1, 4, 1)
+        # Each answer is the request's own, as if the requests had committed in order.
+        assert a.statuses == ["accepted", "accepted", "duplicate"]
+        assert (a.accepted, a.duplicates, a.skipped, a.errors) == (2, 1, 0, [])
+        assert b.statuses == ["accepted", "skipped", "duplicate", "accepted"]
+        assert (b.accepted, b.duplicates, b.skipped) == (2, 1, 1)
+        assert [i for i, _ in b.errors] == [1]
+        assert (c.accepted, c.skipped) == (0, 2) and [i for i, _ in c.errors] == [0, 1]
+        assert "unknown session" in c.errors[0][1]
+        assert d.statuses == ["duplicate", "accepted", "duplicate"]
+        assert (d.accepted, d.duplicates) == (1, 2)
+        assert engine.get_state("w")["rollout_count"] == 1 + 5  # old, a1, shared, b1, b2, d1
+    finally:
+        writer.stop()
+        engine.close()
+
+
+def test_writer_groups_rollouts_and_rewards_across_interleaving_but_not_calls(
+    tmp_path: Any,
+) -> None:
+    import asyncio
+
+    from synth_middleware.server.writer import EngineWriter
+
+    engine = _writer_engine(tmp_path)
+    writer = EngineWriter(engine)
+
+    def reward(i: int) -> list[dict[str, Any]]:
+        return [{"idempotency_key": f"k{i}", "rollout_id": f"r{i}", "value": 1.0}]
+
+    async def send() -> list[Any]:
+        return await asyncio.gather(
+            writer.record_rewards(reward(0)),  # queued before its rollout: still accepted
+            writer.record_rollouts(_ro("r0")),
+            writer.record_rollouts(_ro("r1")),
+            writer.record_rewards(reward(1)),
+            writer.call(lambda: engine.get_state("w")["reward_count"]),
+            writer.record_rollouts(_ro("r2")),
+            writer.record_rewards(reward(2)),
+        )
+
+    try:
+        rw0, ro0, ro1, rw1, seen, ro2, rw2 = asyncio.run(send())
+        # rollouts, rewards | the call (a barrier) | rollouts, rewards: five transactions
+        assert (writer.jobs, writer.engine_calls) == (7, 5)
+        assert [x[0]["status"] for x in (rw0, rw1, rw2)] == ["accepted"] * 3
+        assert [x.accepted for x in (ro0, ro1, ro2)] == [1, 1, 1]
+        assert seen == 2  # the call ran after the rewards queued before it, before the one after
+        st = engine.get_state("w")
+        assert (st["rollout_count"], st["reward_count"]) == (3, 3)
+    finally:
+        writer.stop()
+        engine.close()
+
+
+def test_concurrent_rollout_batches_over_http_are_counted_once(
+    http: httpx.Client, server: BackgroundServer
+) -> None:
+    sid = new_session(http)
+    shared = [f"shared{i}" for i in range(10)]
+    answers: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def post(t: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+            ids = [*shared, f"own{t}-0", f"own{t}-1"]
+            body = {"rollouts": [{"session_id": sid, "rollout_id": rid} for rid in ids]}
+            r = client.post("/api/v1/rollouts/batch", json=body)
+            assert r.status_code == 200, r.text
+            with lock:
+                answers.append(r.json())
+
+    threads = [threading.Thread(target=post, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(a["accepted"] for a in answers) == 10 + 8 * 2
+    assert sum(a["duplicates"] for a in answers) == 7 * 10
+    assert all(a["skipped"] == 0 and a["errors"] == [] for a in answers)
+    assert http.get(f"/api/v1/online/sessions/{sid}").json()["rollout_count"] == 26

@@ -68,10 +68,20 @@ SORT_FIELDS = ("avg_reward", "objective", "rollout_count", "created_at")
 DEFAULT_SORT = "created_at:asc"
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 _CATCH_UP_PAGE = 10_000
+# Candidate -> session entries remembered by an engine (about 100 bytes each); past
+# this the map starts over, refilled from the store on demand.
+_CANDIDATE_MEMORY = 100_000
 # Event types after which the optimizer runner looks at a session again.
 _OPTIMIZER_WAKE = frozenset(
     {REWARD, CANDIDATE_ADDED, CANDIDATE_ARCHIVED, BASELINE_CHANGED, SESSION_STATUS, CONFIG_UPDATED}
 )
+
+
+# Per-record outcomes of :meth:`Engine.record_rollouts` (``RolloutsResult.statuses``).
+ROLLOUT_ACCEPTED = "accepted"
+ROLLOUT_DUPLICATE = "duplicate"
+ROLLOUT_SUPPLEMENTED = "supplemented"
+ROLLOUT_SKIPPED = "skipped"
 
 
 @dataclass(slots=True)
@@ -80,7 +90,9 @@ class RolloutsResult:
 
     ``supplemented`` counts records that brought the details of a rollout a
     reward had already created; ``errors`` lists ``(index, reason)`` of the
-    skipped ones.
+    skipped ones. ``statuses`` has one outcome per input record, in order
+    (``accepted``, ``duplicate``, ``supplemented`` or ``skipped``), so a caller
+    that merged several requests into one batch can split the answer back.
     """
 
     accepted: int = 0
@@ -88,6 +100,7 @@ class RolloutsResult:
     supplemented: int = 0
     skipped: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
 
 
 def validate_session_id(session_id: object) -> str:
@@ -237,6 +250,9 @@ class Engine:
         self._pid = os.getpid()
         self._optimizer: OptimizerRunner | None = None
         self._commit_listeners: list[Callable[[set[str]], None]] = []
+        # A candidate never changes session and is never deleted, so once seen (added
+        # here, or found in the store) get_candidate needs no store query for it.
+        self._candidate_sessions: dict[str, str] = {}
         if optimizer:
             from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
 
@@ -289,6 +305,11 @@ class Engine:
             return None
         self._cache(session_id, state)
         return state
+
+    def _remember_candidate(self, candidate_id: str, session_id: str) -> None:
+        if len(self._candidate_sessions) >= _CANDIDATE_MEMORY:
+            self._candidate_sessions.clear()  # rare; cheaper than tracking recency per fetch
+        self._candidate_sessions[candidate_id] = session_id
 
     def _cache(self, session_id: str, state: SessionStateMachine) -> None:
         self._states[session_id] = state
@@ -400,6 +421,9 @@ class Engine:
                 event.seq,
             )
         )
+        sid = state.session_id
+        # Only once committed: a rolled-back candidate must stay unknown.
+        batch.after_commit.append(lambda: self._remember_candidate(cid, sid))
         return cid
 
     def _set_status(
@@ -710,7 +734,11 @@ class Engine:
         """One candidate with content, payload and statistics; :class:`NotFoundError` if unknown."""
         if not _is_id(candidate_id):
             raise NotFoundError(f"unknown candidate {candidate_id!r}", code="candidate_not_found")
-        session_id = self._store.candidate_session(candidate_id)
+        session_id = self._candidate_sessions.get(candidate_id)
+        if session_id is None:  # not seen yet: maybe added by another process or replica
+            session_id = self._store.candidate_session(candidate_id)
+            if session_id is not None:
+                self._remember_candidate(candidate_id, session_id)
         with self._locked():
             state = self._load(session_id, self._store) if session_id else None
             cand = state.candidates.get(candidate_id) if state is not None else None
@@ -781,9 +809,12 @@ class Engine:
         ``candidate_id=None`` (the app's own prompt was served) counts for the
         baseline of the session's current generation. Records for unknown
         sessions or candidates, or malformed ones, are skipped and counted
-        (one warning per batch): the rest of the batch is stored.
+        (one warning per batch): the rest of the batch is stored. A rollout id
+        repeated within the batch is accepted once, then a duplicate, exactly as
+        if the records had come in separate calls.
         """
-        result = RolloutsResult()
+        statuses = [ROLLOUT_SKIPPED] * len(records)
+        result = RolloutsResult(statuses=statuses)
         parsed: list[_Rollout] = []
         now = time.time()
         for i, record in enumerate(records):
@@ -816,8 +847,10 @@ class Engine:
                                 batch.txn.set_rollout_detail(r.rollout_id, ev.seq)
                                 known[r.rollout_id] = row._replace(detail_seq=ev.seq)
                                 result.supplemented += 1
+                                statuses[r.index] = ROLLOUT_SUPPLEMENTED
                                 continue
                         result.duplicates += 1
+                        statuses[r.index] = ROLLOUT_DUPLICATE
                         continue
                     state = self._session(batch, r.session_id)
                     if state is None:
@@ -837,6 +870,7 @@ class Engine:
                     known[r.rollout_id] = row
                     rows.append(row)
                     result.accepted += 1
+                    statuses[r.index] = ROLLOUT_ACCEPTED
                 if rows:
                     batch.txn.add_rollouts(rows)
 
@@ -1029,6 +1063,7 @@ class Engine:
         with self._locked():
             self._states.clear()
             self._snap_at.clear()
+            self._candidate_sessions.clear()
             self._store.close()
 
 

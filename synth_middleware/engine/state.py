@@ -48,6 +48,8 @@ SESSION_STATUSES = ("running", "paused", "cancelled", "completed")
 CANDIDATE_STATUSES = ("active", "archived")
 DEFAULT_MIN_REWARDS_FOR_BEST = 20
 _SNAPSHOT_FORMAT = 1
+# The optimizer key naming the incumbent best (an input of the policy).
+_INCUMBENT = "best_candidate_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,7 @@ class SessionStateMachine:
 
     __slots__ = (
         "_policy",
+        "_policy_inputs",
         "_settings",
         "applied_events",
         "baseline_candidate_id",
@@ -222,7 +225,13 @@ class SessionStateMachine:
         self.optimizer: dict[str, Any] = {}  # see OPTIMIZER; written by the optimizer runner
         self.reward_min: float | None = None
         self.reward_max: float | None = None
-        self._policy: tuple[int, PolicyDecision] | None = None  # cache keyed by version
+        # The policy reads only rewards, the candidate set (status, baseline), the
+        # config and the incumbent, not rollout counts (see policy.CandidateLike):
+        # its cache is keyed by a counter of the events that change those, so
+        # rollouts (most events under load) do not make the next state read
+        # re-evaluate the posterior. A new policy input must bump this counter.
+        self._policy_inputs = 0
+        self._policy: tuple[int, PolicyDecision] | None = None  # (_policy_inputs, decision)
         self._settings: PolicySettings | None = None
 
     @property
@@ -252,7 +261,9 @@ class SessionStateMachine:
             return False
         handler = _HANDLERS.get(event.type)
         if handler is not None:
-            handler(self, event)
+            handler(self, event)  # each handler counts the policy inputs it changes
+        else:  # a newer writer's event type: assume the policy may read it
+            self._policy_inputs += 1
         self.version = event.seq
         self.applied_events += 1
         return True
@@ -270,14 +281,17 @@ class SessionStateMachine:
 
         self._settings = PolicySettings.from_mapping(self.config, self.kind)
         self.min_rewards_for_best = self._settings.min_rollouts_for_best
-        self._policy = None
+        self._policy_inputs += 1
 
     def _on_config_updated(self, event: Event) -> None:
         self.config = dict(event.payload.get("config") or {})
         self._config_changed()
 
     def _on_optimizer(self, event: Event) -> None:
-        for key, value in (event.payload.get("patch") or {}).items():
+        patch = event.payload.get("patch") or {}
+        if _INCUMBENT in patch:  # leases and pools (most optimizer events) do not matter
+            self._policy_inputs += 1
+        for key, value in patch.items():
             if value is None:
                 self.optimizer.pop(key, None)
             else:
@@ -287,6 +301,7 @@ class SessionStateMachine:
         p = event.payload
         cid = p["candidate_id"]
         is_baseline = bool(p.get("is_baseline"))
+        self._policy_inputs += 1
         if is_baseline:
             old = self.baseline
             if old is not None:
@@ -309,6 +324,7 @@ class SessionStateMachine:
         if cand is not None:
             cand.status = "archived"
             cand.archive_reason = event.payload.get("reason")
+            self._policy_inputs += 1
 
     def _on_baseline_changed(self, event: Event) -> None:
         self.generation = int(event.payload["generation"])
@@ -322,6 +338,7 @@ class SessionStateMachine:
             cand.rollout_count += 1
 
     def _on_reward(self, event: Event) -> None:
+        self._policy_inputs += 1
         self.reward_count += 1
         value = float(event.payload["value"])
         if self.reward_min is None or value < self.reward_min:
@@ -353,13 +370,14 @@ class SessionStateMachine:
         return self._settings
 
     def policy(self) -> PolicyDecision:
-        """The selection policy's decision for this version (computed once per version)."""
+        """The selection policy's decision for the current rewards, candidates, config and
+        incumbent: computed once, then reused (the same object) until one of them changes."""
         cached = self._policy
-        if cached is not None and cached[0] == self.version:
+        if cached is not None and cached[0] == self._policy_inputs:
             return cached[1]
         from synth_middleware.engine.policy import evaluate
 
-        incumbent = self.optimizer.get("best_candidate_id")
+        incumbent = self.optimizer.get(_INCUMBENT)
         decision = evaluate(
             self.candidates.values(),
             self.baseline_candidate_id,
@@ -367,7 +385,7 @@ class SessionStateMachine:
             bounded=self.rewards_bounded,
             incumbent=incumbent if isinstance(incumbent, str) else None,
         )
-        self._policy = (self.version, decision)
+        self._policy = (self._policy_inputs, decision)
         return decision
 
     def best(self) -> CandidateState | None:

@@ -1,10 +1,10 @@
 """The server's single writer: every engine write goes through one queue, in order.
 
 Request handlers never write to the engine themselves. They queue a job and
-await its future; the writer merges consecutive reward jobs (and rollout
-jobs) queued by many concurrent requests into one engine call, so one
-transaction, and resolves each job's future only after that transaction
-committed. A request is therefore acknowledged only once its write is durable
+await its future; the writer merges the reward jobs (and, separately, the
+rollout jobs) queued by many concurrent requests into one engine call, so one
+transaction, splits the engine's per-record outcomes back per request, and
+resolves each job's future only after that transaction committed. A request is therefore acknowledged only once its write is durable
 in the log (a process crash loses nothing acknowledged), and under load the
 commit cost is shared by every request in the batch (group commit).
 
@@ -30,17 +30,21 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from synth_middleware.backends.base import RewardRecord, RewardResult, RolloutRecord
-from synth_middleware.engine import Engine
+from synth_middleware.engine import Engine, RolloutsResult
+from synth_middleware.engine.engine import (
+    ROLLOUT_ACCEPTED,
+    ROLLOUT_DUPLICATE,
+    ROLLOUT_SUPPLEMENTED,
+)
 
 logger = logging.getLogger("synth_middleware.server")
 
 T = TypeVar("T")
 
 _REWARDS = "rewards"
-_ROLLOUTS = "rollouts"  # one request per engine call: exact counts
-_ROLLOUTS_MERGED = "rollouts-merged"  # merged across requests: duplicates count as accepted
+_ROLLOUTS = "rollouts"
 _CALL = "call"
-_MERGEABLE = (_REWARDS, _ROLLOUTS_MERGED)
+_MERGEABLE = (_REWARDS, _ROLLOUTS)
 _MAX_RECORDS_PER_TXN = 5_000
 _MAX_JOBS_PER_DRAIN = 1_000
 
@@ -52,8 +56,10 @@ class RolloutBatchResult:
     ``accepted``: new rollouts stored; ``duplicates``: already stored
     (idempotent on ``rollout_id``); ``supplemented``: details for a rollout a
     reward had created; ``errors``: ``(index, reason)`` of the skipped records,
-    by their index in the request. For merged (fire-and-forget) jobs,
-    duplicates and supplements count as accepted.
+    by their index in the request; ``statuses``: each record's outcome, in order.
+    Exact even when the request shared its transaction with others: a rollout
+    sent by two concurrent requests is accepted for the first and a duplicate
+    for the second, as if they had committed one after the other.
     """
 
     accepted: int = 0
@@ -61,6 +67,7 @@ class RolloutBatchResult:
     supplemented: int = 0
     skipped: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -104,8 +111,9 @@ class EngineWriter:
         self._closed = False
         self._pending: list[_Job] = []
         self._flush_scheduled = False
-        self.batches = 0
+        self.batches = 0  # drains of the queue
         self.jobs = 0
+        self.engine_calls = 0  # one transaction each: jobs / engine_calls is the grouping
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -175,16 +183,16 @@ class EngineWriter:
         *,
         exact: bool = True,
     ) -> RolloutBatchResult:
-        """Store rollouts (see :meth:`Engine.record_rollouts`).
+        """Store rollouts (see :meth:`Engine.record_rollouts`), sharing the transaction
+        with other requests' rollouts queued meanwhile; the counts are this request's.
 
-        ``exact=False`` lets the job share a transaction with other requests'
-        rollouts (cheaper under load) at the price of ``duplicates`` and
-        ``supplemented`` being counted in ``accepted``.
+        ``exact`` is kept for compatibility and no longer matters: the engine's
+        per-record outcomes make every merged answer exact.
         """
+        del exact
         if not records:
             return RolloutBatchResult()
-        kind = _ROLLOUTS if exact else _ROLLOUTS_MERGED
-        fut = self._submit(kind, list(records))
+        fut = self._submit(_ROLLOUTS, list(records))
         return await fut  # type: ignore[no-any-return]
 
     async def call(self, fn: Callable[[], T]) -> T:
@@ -216,19 +224,9 @@ class EngineWriter:
 
     def _process(self, jobs: list[_Job]) -> None:
         outcomes: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        i = 0
-        while i < len(jobs):
-            kind = jobs[i].kind
-            group = [jobs[i]]
-            i += 1
-            if kind in _MERGEABLE:
-                size = len(group[0].payload)
-                while i < len(jobs) and jobs[i].kind == kind:
-                    if size + len(jobs[i].payload) > _MAX_RECORDS_PER_TXN:
-                        break
-                    size += len(jobs[i].payload)
-                    group.append(jobs[i])
-                    i += 1
+        for group in _plan(jobs):
+            kind = group[0].kind
+            self.engine_calls += 1
             try:
                 values = self._execute(kind, group)
             except Exception as exc:  # delivered to the waiting requests
@@ -263,27 +261,67 @@ class EngineWriter:
                 out.append(results[start:end])
                 start = end
             return out
-        result = self._engine.record_rollouts(records)
-        if len(group) == 1:
-            errors = sorted(result.errors)
-            return [
-                RolloutBatchResult(
-                    result.accepted, result.duplicates, result.supplemented, len(errors), errors
-                )
-            ]
-        per_job: list[RolloutBatchResult] = []
-        bounds: list[tuple[int, int]] = []
-        start = 0
-        for j in group:
-            bounds.append((start, start + len(j.payload)))
-            per_job.append(RolloutBatchResult())
-            start += len(j.payload)
-        k = 0
-        for index, reason in sorted(result.errors):
-            while index >= bounds[k][1]:
-                k += 1
-            per_job[k].errors.append((index - bounds[k][0], reason))
-        for (lo, hi), res in zip(bounds, per_job, strict=True):
-            res.skipped = len(res.errors)
-            res.accepted = (hi - lo) - res.skipped
-        return per_job
+        return _split_rollouts(self._engine.record_rollouts(records), group)
+
+
+def _plan(jobs: list[_Job]) -> list[list[_Job]]:
+    """The engine calls for one drain of the queue: each a list of jobs of one kind.
+
+    Every job of a drain is unanswered, so none of them can be causally after
+    another (a client that waits for its answer never has two jobs queued):
+    between two ``call`` jobs, which stay barriers, all rollout jobs form one
+    group and all reward jobs another (split at :data:`_MAX_RECORDS_PER_TXN`
+    records), however the requests interleaved. Rollouts go first, so a
+    reward that arrived with its rollout always finds it.
+    """
+    plan: list[list[_Job]] = []
+    segment: dict[str, list[list[_Job]]] = {_ROLLOUTS: [], _REWARDS: []}
+    sizes: dict[str, int] = {_ROLLOUTS: 0, _REWARDS: 0}
+
+    def close_segment() -> None:
+        for kind in (_ROLLOUTS, _REWARDS):
+            plan.extend(segment[kind])
+            segment[kind] = []
+            sizes[kind] = 0
+
+    for job in jobs:
+        if job.kind not in _MERGEABLE:
+            close_segment()
+            plan.append([job])
+            continue
+        groups = segment[job.kind]
+        n = len(job.payload)
+        if not groups or sizes[job.kind] + n > _MAX_RECORDS_PER_TXN:
+            groups.append([])
+            sizes[job.kind] = 0
+        groups[-1].append(job)
+        sizes[job.kind] += n
+    close_segment()
+    return plan
+
+
+def _split_rollouts(result: RolloutsResult, group: list[_Job]) -> list[RolloutBatchResult]:
+    """Each job's share of one engine call over the concatenation of the jobs' records."""
+    out: list[RolloutBatchResult] = []
+    errors = sorted(result.errors)  # by index: each job's errors are one contiguous run
+    k = 0
+    start = 0
+    for j in group:
+        end = start + len(j.payload)
+        statuses = result.statuses[start:end]
+        res = RolloutBatchResult(statuses=statuses)
+        for status in statuses:
+            if status == ROLLOUT_ACCEPTED:
+                res.accepted += 1
+            elif status == ROLLOUT_DUPLICATE:
+                res.duplicates += 1
+            elif status == ROLLOUT_SUPPLEMENTED:
+                res.supplemented += 1
+        while k < len(errors) and errors[k][0] < end:
+            index, reason = errors[k]
+            res.errors.append((index - start, reason))
+            k += 1
+        res.skipped = len(res.errors)
+        out.append(res)
+        start = end
+    return out
