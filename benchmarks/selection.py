@@ -1,24 +1,38 @@
 """Selection policies side by side on simulations with known ground truth.
 
 Each scenario is a set of candidates with known success rates (Bernoulli
-rewards); the first is the baseline. Every strategy serves the same number of
-rollouts, over many seeds, vectorised with numpy:
+rewards); the first is the baseline. The four named scenarios are fixed; the
+held-out ones draw every seed's rates from a Beta distribution (the same draws
+for every strategy) and were not used to choose the routing rule. Every
+strategy serves the same number of rollouts, over many seeds, vectorised with
+numpy:
 
 * ``uniform``: uniform random routing (what the hosted online GEPA demo does),
   names the highest observed mean;
 * ``epsilon-greedy``: 10% uniform, else the highest mean (each arm once first),
   names the highest mean;
 * ``greedy``: the highest observed mean (each arm once first), names it;
-* ``ours (thompson)``: Thompson sampling on the posterior, frozen between
-  refreshes of ``--refresh`` rollouts as the client's cache does, over the
-  candidates the policy keeps: at each refresh the engine's pruning rules
-  (worse than the leader with P >= 0.95 after 20 rewards; retired when
-  P(best) < 1% after 5) are applied, vectorised here with Monte Carlo
-  probabilities. It names the best with the engine's real policy
+* ``ours (thompson)``: the client's default routing, Thompson sampling. At
+  each refresh (every ``--refresh`` rollouts, as the client's cache does; the
+  alternatives above are *not* frozen, they see every reward at once) the
+  routing posteriors come from the real
+  :func:`synth_middleware._posterior.routing_posteriors_from_rows`, per seed,
+  over the candidates the policy keeps; each rollout then takes one numpy
+  Thompson draw from them, which serves each candidate with exactly its routing
+  P(best) (the client computes that P(best) on a grid and draws from it). The
+  engine's pruning rules (worse than the leader with P >= 0.95 after 20
+  rewards; retired when P(best) < 1% after 5) are applied at each refresh on
+  the sound posteriors, vectorised here with Monte Carlo probabilities (the
+  engine's default ``online_prune_margin`` of 0.01 is not modelled). It names
+  the best with the engine's real policy
   (:func:`synth_middleware.engine.policy.evaluate`: promotion needs >= 20
   rewards and P(beats baseline) >= 0.9, Bonferroni over contenders, else the
   baseline);
-* ``ours (top-two)``: top-two Thompson routing, same naming.
+* ``ours (sharpened x6)``: the opt-in routing (``online_routing_sharpness`` =
+  ``SHARPENED_ROUTING``): the same, on posteriors with the prior centred on the
+  pooled mean and the variance divided by 6; same pruning and naming;
+* ``ours (top-two)``: top-two Thompson routing on the sound posterior, for
+  identification, same naming.
 
 Metrics at budgets of 100, 300 and 1000 rollouts: cumulative (expected) regret
 ``sum_t (best rate - rate served)``, the probability of naming the truly best
@@ -27,6 +41,9 @@ candidate, and the probability of naming a candidate worse than the baseline
 
     .venv/bin/python benchmarks/selection.py               # prints the tables
     .venv/bin/python benchmarks/selection.py --write       # also updates BENCHMARKS.md
+
+``--frozen-alternatives`` freezes epsilon-greedy and greedy like ours (their
+choice of leader is recomputed only at each refresh) for a side measurement.
 """
 
 from __future__ import annotations
@@ -46,6 +63,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine  # noqa: E402
 
+from synth_middleware._posterior import (  # noqa: E402
+    DEFAULT_ROUTING_SHARPNESS,
+    SHARPENED_ROUTING,
+    routing_posteriors_from_rows,
+)
 from synth_middleware.engine.policy import PolicySettings, evaluate  # noqa: E402
 
 BUDGETS = (100, 300, 1000)
@@ -56,7 +78,18 @@ SCENARIOS: dict[str, list[float]] = {
     "baseline is best": [0.60, 0.50, 0.45, 0.52, 0.40],
     "ten candidates": [0.50, 0.30, 0.35, 0.40, 0.45, 0.48, 0.52, 0.55, 0.58, 0.66],
 }
-STRATEGIES = ("uniform", "epsilon-greedy", "greedy", "ours (thompson)", "ours (top-two)")
+# Rates drawn per seed: Beta(a, b) for each of k candidates (held out from tuning).
+HELD_OUT: dict[str, tuple[float, float, int]] = {
+    "random rates": (2.0, 2.0, 6),
+    "random high rates": (8.0, 2.0, 8),
+    "random low rates": (1.0, 9.0, 5),
+}
+# ours, routed on the real routing posteriors: the default, and the opt-in sharpened one
+ROUTING_SHARPNESS = {
+    "ours (thompson)": DEFAULT_ROUTING_SHARPNESS,
+    f"ours (sharpened x{SHARPENED_ROUTING:g})": SHARPENED_ROUTING,
+}
+STRATEGIES = ("uniform", "epsilon-greedy", "greedy", *ROUTING_SHARPNESS, "ours (top-two)")
 
 
 @dataclass
@@ -95,6 +128,22 @@ def _prune(
     active &= ~kill
 
 
+def _routing_params(
+    succ: np.ndarray, cnt: np.ndarray, active: np.ndarray, sharpness: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Beta parameters of the routing posteriors, per seed, from the real
+    :func:`routing_posteriors_from_rows` over the active candidates (archived
+    ones get a placeholder; routing masks them out)."""
+    a, b = np.ones_like(cnt), np.ones_like(cnt)
+    for i in range(cnt.shape[0]):
+        js = np.flatnonzero(active[i])
+        rows = [(int(cnt[i, j]), succ[i, j] / cnt[i, j] if cnt[i, j] else 0.0, 0.0) for j in js]
+        posts = routing_posteriors_from_rows(rows, bounded=True, sharpness=sharpness)
+        for j, post in zip(js, posts, strict=True):
+            a[i, j], b[i, j] = post.a, post.b
+    return a, b
+
+
 def _route(
     name: str,
     rng: np.random.Generator,
@@ -104,13 +153,17 @@ def _route(
     eps: float,
     active: np.ndarray,
 ) -> np.ndarray:
-    """The arm each seed serves next (shape ``[S]``)."""
+    """The arm each seed serves next (shape ``[S]``). ``frozen``: the routing
+    posterior's Beta parameters for ours, the observed means for frozen greedy."""
     s, k = cnt.shape
     rows = np.arange(s)
     if name == "uniform":
         return rng.integers(k, size=s)
     if name in ("epsilon-greedy", "greedy"):
-        mean = np.where(cnt > 0, succ / np.maximum(cnt, 1), np.inf)  # each arm once first
+        if frozen is not None:  # --frozen-alternatives: the means as of the last refresh
+            mean = frozen[0]
+        else:
+            mean = np.where(cnt > 0, succ / np.maximum(cnt, 1), np.inf)  # each arm once first
         mean = mean + rng.random((s, k)) * 1e-9  # random tie-break
         arm = mean.argmax(1)
         if name == "epsilon-greedy":
@@ -124,7 +177,7 @@ def _route(
         return np.where(active, rng.beta(a, b), -1.0).argmax(1)
 
     leader = thompson()
-    if name == "ours (thompson)":
+    if name in ROUTING_SHARPNESS:
         return leader
     # top-two: with prob 1/2 the leader, else resample until a different arm leads
     challenger = leader.copy()
@@ -166,13 +219,30 @@ def _name_ours(
     return guarded, leader
 
 
+def scenario_rates(spec: list[float] | tuple[float, float, int], seeds: int) -> np.ndarray:
+    """Each seed's true rates (shape ``[S, k]``): a fixed list, or drawn from
+    ``Beta(a, b)`` per seed for a held-out ``(a, b, k)`` (the same draws for every
+    strategy)."""
+    if isinstance(spec, tuple):
+        a, b, k = spec
+        return np.random.default_rng(12345).beta(a, b, size=(seeds, int(k)))
+    return np.tile(np.asarray(spec, dtype=float), (seeds, 1))
+
+
 def run_scenario(
-    rates: list[float], seeds: int, refresh: int, eps: float, rng_seed: int
+    rates: list[float] | tuple[float, float, int],
+    seeds: int,
+    refresh: int,
+    eps: float,
+    rng_seed: int,
+    frozen_alternatives: bool = False,
 ) -> dict[str, dict[int, dict[str, float]]]:
     """``{strategy: {budget: {regret, correct, false_promotion[, correct_unguarded]}}}``."""
-    mu = np.array(rates)
-    k = len(mu)
-    best = int(mu.argmax())
+    mu = scenario_rates(rates, seeds)
+    k = mu.shape[1]
+    rows = np.arange(seeds)
+    best = mu.argmax(1)
+    best_rate = mu[rows, best]
     settings = PolicySettings()
     out: dict[str, dict[int, dict[str, float]]] = {}
     for si, name in enumerate(STRATEGIES):
@@ -184,15 +254,22 @@ def run_scenario(
         active = np.ones((seeds, k), dtype=bool)
         out[name] = {}
         for t in range(1, max(BUDGETS) + 1):
-            if name.startswith("ours") and (t - 1) % refresh == 0:
-                _prune(rng, succ, cnt, active, settings)
-                frozen = (1.0 + succ, 1.0 + cnt - succ)  # the posterior as of the last refresh
+            if (t - 1) % refresh == 0:
+                if name.startswith("ours"):
+                    _prune(rng, succ, cnt, active, settings)
+                if name in ROUTING_SHARPNESS:
+                    frozen = _routing_params(succ, cnt, active, ROUTING_SHARPNESS[name])
+                elif name == "ours (top-two)":
+                    frozen = (1.0 + succ, 1.0 + cnt - succ)  # the sound posterior
+                elif frozen_alternatives and name in ("epsilon-greedy", "greedy"):
+                    mean = np.where(cnt > 0, succ / np.maximum(cnt, 1), np.inf)
+                    frozen = (mean, mean)
             arm = _route(name, rng, succ, cnt, frozen, eps, active)
-            reward = rng.random(seeds) < mu[arm]
-            rows = np.arange(seeds)
+            served = mu[rows, arm]
+            reward = rng.random(seeds) < served
             cnt[rows, arm] += 1
             succ[rows, arm] += reward
-            regret += mu[best] - mu[arm]
+            regret += best_rate - served
             if t in BUDGETS:
                 row: dict[str, float] = {"regret": float(regret.mean())}
                 if name.startswith("ours"):
@@ -201,12 +278,12 @@ def run_scenario(
                 else:
                     named = _name_greedy(succ, cnt)
                 row["correct"] = float((named == best).mean())
-                row["false_promotion"] = float((mu[named] < mu[0]).mean())
+                row["false_promotion"] = float((mu[rows, named] < mu[:, 0]).mean())
                 out[name][t] = row
     return out
 
 
-def _table(results: dict[str, dict[int, dict[str, float]]], baseline_best: bool) -> list[str]:
+def _table(results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
     head = "| strategy | " + " | ".join(f"regret @{b}" for b in BUDGETS)
     head += " | " + " | ".join(f"P(correct) @{b}" for b in BUDGETS)
     head += " | " + " | ".join(f"false promo @{b}" for b in BUDGETS) + " |"
@@ -251,7 +328,15 @@ def main() -> None:
     ap.add_argument(
         "--write", action="store_true", help="update the Selection section of BENCHMARKS.md"
     )
+    ap.add_argument(
+        "--frozen-alternatives",
+        action="store_true",
+        help="freeze epsilon-greedy and greedy between refreshes too (side measurement)",
+    )
+    ap.add_argument("--only", default="", help="run only scenarios whose title contains this")
     args = ap.parse_args()
+    if args.write and (args.frozen_alternatives or args.only):
+        ap.error("--write publishes the standard run only")
     t0 = time.perf_counter()
     lines = [
         "## Selection",
@@ -269,18 +354,34 @@ def main() -> None:
         "that budget; for ours, the guarded name the engine publishes (promotion needs 20",
         "rewards and P(beats baseline) >= 0.9, Bonferroni over contenders, else the",
         "baseline), and in brackets the unguarded highest-P(best) name. False promo is the",
-        "probability of naming a candidate worse than the baseline. Ours routes on a",
+        "probability of naming a candidate worse than the baseline. Ours (thompson) is the",
+        "default routing; ours (sharpened) the opt-in `online_routing_sharpness` =",
+        f"{SHARPENED_ROUTING:g} (variance / {SHARPENED_ROUTING:g}, prior centred on the pooled mean). "
+        "Ours routes on a",
         f"posterior frozen for {args.refresh} rollouts at a time, as the client's cache does;",
-        f"epsilon-greedy uses epsilon = {args.epsilon}.",
+        "the alternatives are not frozen (they see every reward at once; see the freeze",
+        f"note below). Epsilon-greedy uses epsilon = {args.epsilon}. The sharpness was chosen on",
+        "the four named scenarios; the three random ones (rates drawn per seed) are held",
+        "out.",
         "",
         f"Measured on {machine()}.",
         "",
     ]
-    for title, rates in SCENARIOS.items():
-        res = run_scenario(rates, args.seeds, args.refresh, args.epsilon, args.seed)
-        lines.append(f"**{title}**: rates {rates} (best {max(rates)})")
+    scenarios: dict[str, list[float] | tuple[float, float, int]] = {**SCENARIOS, **HELD_OUT}
+    for title, rates in scenarios.items():
+        if args.only not in title:
+            continue
+        res = run_scenario(
+            rates, args.seeds, args.refresh, args.epsilon, args.seed, args.frozen_alternatives
+        )
+        if isinstance(rates, tuple):
+            a, b, k = rates
+            head = f"**{title}** (held out): {k} candidates, rates drawn per seed from Beta({a:g}, {b:g})"
+        else:
+            head = f"**{title}**: rates {rates} (best {max(rates)})"
+        lines.append(head)
         lines.append("")
-        lines += _table(res, rates[0] == max(rates))
+        lines += _table(res)
         lines.append("")
         lines.append(f"_{_verdict(res)}._")
         lines.append("")

@@ -9,9 +9,10 @@
 * :class:`ScriptedProposer`: a ``reply`` function for
   :class:`~synth_middleware.testing.FakeOpenAIServer` (or a direct fake
   client) that answers proposer prompts with instructions of known quality.
-* :func:`simulate`: routes rollouts like the client (Thompson sampling on
-  P(best) from the session state), rewards them from the task's known rates,
-  records inputs/outputs/feedback and steps the optimizer runner.
+* :func:`simulate`: routes rollouts like the client (Thompson sampling:
+  :func:`~synth_middleware.client.selection.routing_weights` from the session
+  state's statistics), rewards them from the task's known rates, records
+  inputs/outputs/feedback and steps the optimizer runner.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from synth_middleware._posterior import top_two_weights
+from synth_middleware._posterior import SHARPENED_ROUTING, top_two_weights
 from synth_middleware.client.candidates import parse_candidate
-from synth_middleware.client.selection import probability_best
+from synth_middleware.client.selection import probability_best, routing_weights
 from synth_middleware.engine import Engine
 
 BASELINE = "You are a support assistant. Classify the user's request."
@@ -121,7 +122,10 @@ def simulate(
 
     ``rate_override(candidate_id, rate)`` lets a test change a candidate's true
     rate (regression). Rollout ids start at ``start`` so runs can continue.
-    ``routing="top_two"`` routes by top-two Thompson weights instead of P(best).
+    ``routing`` is ``"thompson"`` (the client's default routing), ``"sharpened"``
+    (sharpened Thompson sampling at ``SHARPENED_ROUTING``), ``"top_two"`` (top-two
+    Thompson weights of P(best)) or ``"floor:f:k"`` (P(best) with a share ``f`` for
+    the baseline until it has ``k`` rewards).
     """
     out = SimResult()
     done = 0
@@ -131,10 +135,15 @@ def simulate(
         stats_by = {s["candidate_id"]: s for s in state["candidates"]}
         cands = [parse_candidate(it) for it in items]
         base = next((c for c in cands if c.is_baseline), None)
-        probs = probability_best([dict(stats_by[c.candidate_id]) for c in cands])
-        if routing == "top_two":
-            probs = top_two_weights(probs)
+        stats = [dict(stats_by[c.candidate_id]) for c in cands]
+        if routing == "thompson":
+            probs = routing_weights(stats)
+        elif routing == "sharpened":
+            probs = routing_weights(stats, SHARPENED_ROUTING)
+        elif routing == "top_two":
+            probs = top_two_weights(probability_best(stats))
         elif routing.startswith("floor"):
+            probs = probability_best(stats)
             _, f, k = routing.split(":")
             bi = next(i for i, c in enumerate(cands) if c.is_baseline)
             if int(stats_by[cands[bi].candidate_id]["reward_count"] or 0) < int(k):
@@ -144,6 +153,8 @@ def simulate(
                         float(f) if i == bi else p * (1 - float(f)) / rest
                         for i, p in enumerate(probs)
                     ]
+        else:
+            raise ValueError(f"unknown routing {routing!r}")
         rollouts, rewards = [], []
         for _ in range(min(chunk, n - done)):
             i = start + done

@@ -4,6 +4,13 @@ Thompson sampling serves each candidate with the probability that it is the
 best under the posterior. Drawing posterior samples per call costs ~5 us per
 candidate, so the probabilities are computed when the state refreshes
 (numerically, on a grid) and each call draws from that categorical (~1 us).
+
+:func:`routing_weights` is what to serve by: the same rule as the engine's
+published ``policy.routing_weights`` (plain Thompson sampling, i.e.
+:func:`probability_best`, unless a sharpness > 1 is given:
+:func:`synth_middleware._posterior.routing_posteriors_from_rows`).
+:func:`probability_best` is the sound P(best), the one the engine decides
+promotion and pruning on.
 """
 
 from __future__ import annotations
@@ -15,7 +22,11 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Literal
 
-from synth_middleware._posterior import probability_best_from_stats
+from synth_middleware._posterior import (
+    DEFAULT_ROUTING_SHARPNESS,
+    probability_best_from_stats,
+    routing_probabilities_from_stats,
+)
 
 if TYPE_CHECKING:
     from synth_middleware.client.candidates import Candidate
@@ -35,6 +46,18 @@ def probability_best(stats: Sequence[dict[str, Any]]) -> list[float]:
     Computed once per refresh (about a millisecond for five candidates).
     """
     return probability_best_from_stats(stats)
+
+
+def routing_weights(
+    stats: Sequence[dict[str, Any]], sharpness: float = DEFAULT_ROUTING_SHARPNESS
+) -> list[float]:
+    """The serving probability of each entry of ``stats``: (sharpened) Thompson
+    sampling, the same rule as the engine's published ``policy.routing_weights``.
+
+    Use it when the backend sends no ``policy.routing_weights`` (the hosted API,
+    or an older engine). Computed once per refresh, like :func:`probability_best`.
+    """
+    return routing_probabilities_from_stats(stats, sharpness=sharpness)
 
 
 def stable_unit(key: str) -> float:

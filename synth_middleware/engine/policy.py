@@ -4,8 +4,20 @@ Decisions are made on posterior probabilities (:mod:`synth_middleware._posterior
 never on "the sum went up over three samples":
 
 * **P(best)** of every active candidate (Beta posteriors for rewards in [0, 1],
-  Normal otherwise). Serving routes on it (Thompson sampling, or top-two
-  Thompson for identification; see :func:`routing_weights`).
+  Normal otherwise). Every decision below is made on it and on these
+  posteriors.
+* **Routing.** Serving draws from ``routing_weights`` (published next to
+  ``probability_best``): plain Thompson sampling, i.e. P(best) itself, by
+  default. ``online_routing_sharpness`` > 1 (``SHARPENED_ROUTING`` = 6 is the
+  measured value) routes on sharpened posteriors instead
+  (:func:`synth_middleware._posterior.routing_posteriors_from_rows`: variance
+  divided by the sharpness, prior centred on the session's pooled mean): less
+  regret, but the baseline gets fewer rewards, so promotion (below), which
+  needs evidence against the baseline, comes much later. Measured in
+  ``benchmarks/selection.py``; see BENCHMARKS.md. The sharpened posterior is
+  over-confident by design: no promotion, pruning or retiring is ever decided
+  on it. Top-two Thompson for identification routes on the sound P(best)
+  (:func:`routing_weights`).
 * **Promotion.** A non-baseline candidate is *eligible* once it has at least
   ``min_rollouts_for_best`` rewards and beats the baseline with probability
   at least ``promotion_confidence`` (default 0.9). While the baseline itself
@@ -58,11 +70,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from synth_middleware._posterior import (
+    DEFAULT_ROUTING_SHARPNESS,
     Grid,
-    Posterior,
-    beta_posterior,
-    normal_posterior,
+    Row,
+    posteriors_from_rows,
     prob_below,
+    probability_best,
+    routing_posteriors_from_rows,
     top_two_weights,
 )
 from synth_middleware.engine.config import SessionConfig
@@ -103,6 +117,7 @@ class PolicySettings:
     dormant_probability: float = 0.01
     retire_min_rollouts: int = 5
     bonferroni: bool = True
+    routing_sharpness: float = DEFAULT_ROUTING_SHARPNESS
 
     @classmethod
     def from_config(cls, cfg: SessionConfig) -> PolicySettings:
@@ -117,6 +132,7 @@ class PolicySettings:
             dormant_probability=cfg.online_dormant_probability,
             retire_min_rollouts=cfg.online_retire_min_rollouts,
             bonferroni=cfg.online_promotion_bonferroni,
+            routing_sharpness=_sharpness(getattr(cfg, "online_routing_sharpness", None)),
         )
 
     @classmethod
@@ -132,6 +148,19 @@ class PolicySettings:
             return cls.from_config(parse_session_config(config or {}, kind))
         except InvalidRequestError:
             return cls()
+
+
+def _sharpness(value: Any) -> float:
+    """``online_routing_sharpness`` as a float >= 1; the default when it is absent or
+    invalid. (SessionConfig keeps unknown keys, so the key works before it has a
+    validated field there; with one, it is validated when the config is written.)"""
+    if value is None or isinstance(value, bool):
+        return DEFAULT_ROUTING_SHARPNESS
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_ROUTING_SHARPNESS
+    return out if math.isfinite(out) and out >= 1.0 else DEFAULT_ROUTING_SHARPNESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +187,8 @@ class PolicyDecision:
     bounded: bool
     verdicts: dict[str, CandidateVerdict] = field(default_factory=dict)
     incumbent_id: str | None = None  # the previously named best, if any
+    # serving probability by candidate id (module doc, "Routing")
+    routing: dict[str, float] = field(default_factory=dict)
 
     @property
     def prune(self) -> list[tuple[str, str]]:
@@ -177,29 +208,12 @@ class PolicyDecision:
             "posterior": "beta" if self.bounded else "normal",
             "best_p_beats_baseline": best.p_beats_baseline if best is not None else None,
             "probability_best": {cid: round(v.p_best, 6) for cid, v in self.verdicts.items()},
+            "routing_weights": {cid: round(p, 6) for cid, p in self.routing.items()},
         }
 
 
-def _posteriors(cands: list[CandidateLike], bounded: bool) -> list[Posterior]:
-    if bounded:
-        return [beta_posterior(c.reward_count, c.mean) for c in cands]
-    tot_n, tot_mean, tot_m2 = 0, 0.0, 0.0
-    for c in cands:
-        n = c.reward_count
-        if n == 0:
-            continue
-        delta = c.mean - tot_mean
-        new_n = tot_n + n
-        tot_mean += delta * n / new_n
-        tot_m2 += c.m2 + delta * delta * tot_n * n / new_n
-        tot_n = new_n
-    prior_var = tot_m2 / (tot_n - 1) if tot_n > 1 and tot_m2 > 0 else 1.0
-    return [
-        normal_posterior(
-            c.reward_count, c.mean, c.m2 if c.reward_count > 1 else 0.0, tot_mean, prior_var
-        )
-        for c in cands
-    ]
+def _rows(cands: list[CandidateLike]) -> list[Row]:
+    return [(c.reward_count, c.mean, c.m2 if c.reward_count > 1 else 0.0) for c in cands]
 
 
 def evaluate(
@@ -223,7 +237,8 @@ def evaluate(
         return PolicyDecision(None, None, baseline_id, True if bounded is None else bounded)
     if bounded is None:
         bounded = all(c.reward_count == 0 or 0.0 <= c.mean <= 1.0 for c in active)
-    posts = _posteriors(active, bounded)
+    rows = _rows(active)
+    posts = posteriors_from_rows(rows, bounded)
     grid = Grid(posts)  # one discretisation for P(best) and every pairwise probability
     pbest = grid.probability_best()
     by_id = {c.candidate_id: i for i, c in enumerate(active)}
@@ -308,20 +323,38 @@ def evaluate(
     else:  # nothing eligible: the baseline (if any) stays the named best
         best_i = base_i
     best_id = active[best_i].candidate_id if best_i is not None else None
+    if s.routing_sharpness == DEFAULT_ROUTING_SHARPNESS:
+        route = pbest  # plain Thompson: no second grid
+    else:
+        route = probability_best(routing_posteriors_from_rows(rows, bounded, s.routing_sharpness))
     return PolicyDecision(
-        best_id, active[leader_i].candidate_id, baseline_id, bounded, verdicts, incumbent
+        best_id,
+        active[leader_i].candidate_id,
+        baseline_id,
+        bounded,
+        verdicts,
+        incumbent,
+        {c.candidate_id: p for c, p in zip(active, route, strict=True)},
     )
 
 
 def routing_weights(
     decision: PolicyDecision, mode: RoutingMode = "thompson", beta: float = 0.5
 ) -> dict[str, float]:
-    """Serving probability per active candidate: P(best) (Thompson sampling) or
-    the top-two Thompson mixture (better identification, slightly more regret)."""
+    """Serving probability per active candidate.
+
+    ``"thompson"``: ``decision.routing`` (module doc, "Routing"); a decision built
+    without it falls back to the sound P(best). ``"top_two"``: the top-two
+    Thompson mixture of the sound P(best), for identification (it explores more
+    on purpose, so sharpening would defeat it).
+    """
     ids = list(decision.verdicts)
-    probs = [decision.verdicts[cid].p_best for cid in ids]
     if mode == "top_two":
-        probs = top_two_weights(probs, beta)
+        probs = top_two_weights([decision.verdicts[cid].p_best for cid in ids], beta)
+    elif decision.routing:
+        probs = [decision.routing.get(cid, 0.0) for cid in ids]
+    else:
+        probs = [decision.verdicts[cid].p_best for cid in ids]
     total = sum(probs)
     if not total > 0 or not math.isfinite(total):
         return {cid: 1.0 / len(ids) for cid in ids} if ids else {}

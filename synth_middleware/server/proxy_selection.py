@@ -25,7 +25,7 @@ import cachetools
 
 from synth_middleware.backends.base import SessionState
 from synth_middleware.client.candidates import Candidate, parse_candidate
-from synth_middleware.client.selection import Categorical, probability_best
+from synth_middleware.client.selection import Categorical, routing_weights
 from synth_middleware.engine import Engine
 from synth_middleware.errors import CandidateError
 from synth_middleware.server.feed import ChangeFeed
@@ -53,18 +53,21 @@ class SessionChoice:
 def _routing(
     state: SessionState, ids: list[str], stats: Mapping[str, Mapping[str, Any]]
 ) -> list[float]:
-    """Thompson weights: the engine's own P(best), as the client middleware routes (the
-    engine knows the reward range and the session's priors, and computed it already
-    for this version: recomputing it here cost about 0.5 ms per rebuild); computed
-    from the statistics only when the state carries none."""
+    """Routing weights as the client middleware routes: the engine's own
+    ``policy.routing_weights`` (it computed them already for this version, with the
+    session's routing sharpness; recomputing P(best) here cost about 0.5 ms per
+    rebuild), an older engine's ``probability_best``, else computed from the stats."""
     policy = state.get("policy")
-    pb = policy.get("probability_best") if isinstance(policy, Mapping) else None
-    if isinstance(pb, Mapping):
-        probs = [pb.get(cid) for cid in ids]
-        weights = [float(p) for p in probs if isinstance(p, int | float) and 0.0 <= p <= 1.0]
-        if len(weights) == len(ids) and sum(weights) > 0:
-            return weights
-    return probability_best([dict(stats.get(cid) or {}) for cid in ids])
+    # routing_weights: this engine's routing (plain or sharpened Thompson);
+    # probability_best: plain Thompson from an engine that predates it
+    for key in ("routing_weights", "probability_best"):
+        pb = policy.get(key) if isinstance(policy, Mapping) else None
+        if isinstance(pb, Mapping) and pb:
+            probs = [pb.get(cid) for cid in ids]
+            weights = [float(p) for p in probs if isinstance(p, int | float) and 0.0 <= p <= 1.0]
+            if len(weights) == len(ids) and sum(weights) > 0:
+                return weights
+    return routing_weights([dict(stats.get(cid) or {}) for cid in ids])
 
 
 class CandidateChooser:
