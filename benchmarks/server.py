@@ -139,9 +139,15 @@ def wait_http(port: int, path: str = "/health", timeout: float = 30.0) -> None:
 
 
 def start_server(
-    db: Path, port: int, extra: Sequence[str] = (), env: dict[str, str] | None = None
+    db: Path,
+    port: int,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    *,
+    optimizer: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """``synth-middleware serve`` in a subprocess, ready to serve."""
+    """``synth-middleware serve`` in a subprocess, ready to serve (optimizer off
+    unless asked for)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -154,7 +160,7 @@ def start_server(
             str(db),
             "--log-level",
             "warning",
-            "--no-optimizer",
+            *(() if optimizer else ("--no-optimizer",)),
             *extra,
         ],
         cwd=ROOT,

@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
-from server import ROOT, cpu_seconds, free_port, wait_http
+from server import cpu_seconds, free_port, start_server
 
 KEY = "soak-key"
 SESSION = "soak"
@@ -253,29 +253,15 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-def start_server(db: Path, port: int, model_url: str) -> subprocess.Popen[bytes]:
+def start_soak_server(db: Path, port: int, model_url: str) -> subprocess.Popen[bytes]:
     """``synth-middleware serve`` with the optimizer on and the proxy pointed at the model."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "synth_middleware.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--db",
-            str(db),
-            "--upstream-url",
-            model_url,
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "SYNTH_API_KEY": KEY, "SYNTH_UPSTREAM_API_KEY": "k"},
-        stdout=subprocess.DEVNULL,
+    return start_server(
+        db,
+        port,
+        ["--upstream-url", model_url],
+        env={"SYNTH_API_KEY": KEY, "SYNTH_UPSTREAM_API_KEY": "k"},
+        optimizer=True,
     )
-    wait_http(port)
-    return proc
 
 
 def setup_session(url: str, model_url: str) -> None:
@@ -343,7 +329,7 @@ def run(
         db = Path(tmp) / "soak.db"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server(db, port, model.url)
+        server = start_soak_server(db, port, model.url)
         try:
             setup_session(url, model.url)
             t_start = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 BASELINE = "You are a support assistant. Classify the user's request."
@@ -45,3 +46,21 @@ def candidate_stats(backend: Any, session: str, candidate_id: str) -> dict[str, 
         if c["candidate_id"] == candidate_id:
             return dict(c)
     raise KeyError(candidate_id)
+
+
+@dataclass
+class C:
+    """A candidate as the selection policy sees it (tests of the policy and routing)."""
+
+    candidate_id: str
+    reward_count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    status: str = "active"
+    is_baseline: bool = False
+
+
+def bern(cid: str, n: int, successes: int, **kw: Any) -> C:
+    """A candidate with ``successes`` of ``n`` Bernoulli rewards."""
+    mean = successes / n if n else 0.0
+    return C(cid, n, mean, n * mean * (1 - mean), **kw)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pytest
+from helpers import bern
 from sim import BASELINE, Task, simulate
 
 from synth_middleware._posterior import (
@@ -28,23 +27,6 @@ from synth_middleware.engine.policy import PolicySettings, evaluate, routing_wei
 from synth_middleware.errors import InvalidRequestError
 
 SID = "policy-sim"
-
-
-@dataclass
-class C:
-    """A candidate as the policy sees it."""
-
-    candidate_id: str
-    reward_count: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    status: str = "active"
-    is_baseline: bool = False
-
-
-def bern(cid: str, n: int, successes: int, **kw: Any) -> C:
-    mean = successes / n if n else 0.0
-    return C(cid, n, mean, n * mean * (1 - mean), **kw)
 
 
 # -- posterior math ------------------------------------------------------------

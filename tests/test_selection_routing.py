@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from helpers import bern
 from sim import Task, simulate
 
 from synth_middleware._posterior import (
@@ -27,23 +27,6 @@ from synth_middleware.engine import Engine, OptimizerOptions, SqliteStore, parse
 from synth_middleware.engine.policy import PolicySettings, evaluate, routing_weights
 
 SID = "routing-sim"
-
-
-@dataclass
-class C:
-    """A candidate as the policy sees it."""
-
-    candidate_id: str
-    reward_count: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    status: str = "active"
-    is_baseline: bool = False
-
-
-def bern(cid: str, n: int, successes: int, **kw: object) -> C:
-    mean = successes / n if n else 0.0
-    return C(cid, n, mean, n * mean * (1 - mean), **kw)  # type: ignore[arg-type]
 
 
 def stats(*rows: tuple[int, float]) -> list[dict[str, float]]:
