@@ -730,15 +730,23 @@ class Engine:
 
         return self._write(op)
 
-    def get_candidate(self, candidate_id: str) -> CandidateItem:
-        """One candidate with content, payload and statistics; :class:`NotFoundError` if unknown."""
+    def candidate_session(self, candidate_id: str) -> str | None:
+        """The session a candidate belongs to, ``None`` if unknown. A candidate never
+        moves, so a known answer is kept in memory (no store read, no store lock)."""
         if not _is_id(candidate_id):
-            raise NotFoundError(f"unknown candidate {candidate_id!r}", code="candidate_not_found")
+            return None
         session_id = self._candidate_sessions.get(candidate_id)
         if session_id is None:  # not seen yet: maybe added by another process or replica
             session_id = self._store.candidate_session(candidate_id)
             if session_id is not None:
                 self._remember_candidate(candidate_id, session_id)
+        return session_id
+
+    def get_candidate(self, candidate_id: str) -> CandidateItem:
+        """One candidate with content, payload and statistics; :class:`NotFoundError` if unknown."""
+        if not _is_id(candidate_id):
+            raise NotFoundError(f"unknown candidate {candidate_id!r}", code="candidate_not_found")
+        session_id = self.candidate_session(candidate_id)
         with self._locked():
             state = self._load(session_id, self._store) if session_id else None
             cand = state.candidates.get(candidate_id) if state is not None else None

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from synth_middleware.server.proxy import ProxyService
 
 ROLLOUT_MEMORY = 100_000
-CANDIDATE_MEMORY = 100_000
 
 
 @dataclass
@@ -40,9 +39,6 @@ class ServerContext:
         default_factory=lambda: cachetools.LRUCache(maxsize=ROLLOUT_MEMORY)
     )
     known_sessions: set[str] = field(default_factory=set)
-    candidate_sessions: cachetools.LRUCache[str, str] = field(
-        default_factory=lambda: cachetools.LRUCache(maxsize=CANDIDATE_MEMORY)
-    )
     extra: dict[str, Any] = field(default_factory=dict)
 
     def require_session(self, session_id: str) -> None:
@@ -56,18 +52,9 @@ class ServerContext:
             self.known_sessions.add(session_id)
 
     def candidate_session(self, candidate_id: str) -> str | None:
-        """The session of a candidate, ``None`` if unknown.
-
-        A candidate never changes session and is never erased, so a known
-        answer is remembered: the reward and candidate routes then skip a
-        database read (which also waits for the store's lock).
-        """
-        sid = self.candidate_sessions.get(candidate_id)
-        if sid is None:
-            sid = self.engine.store.candidate_session(candidate_id)
-            if sid is not None:
-                self.candidate_sessions[candidate_id] = sid
-        return sid
+        """The session of a candidate, ``None`` if unknown (remembered by the engine,
+        so the reward and candidate routes skip a database read)."""
+        return self.engine.candidate_session(candidate_id)
 
     def base_url(self, request: Request) -> str:
         """The server's public base URL, without a trailing slash."""
