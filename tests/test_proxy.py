@@ -17,8 +17,8 @@ pytest.importorskip("fastapi")
 
 import openai
 
+from synth_middleware.client.selection import routing_from_state
 from synth_middleware.server.background import BackgroundServer
-from synth_middleware.server.proxy_selection import _routing
 from synth_middleware.testing import FakeOpenAIServer
 
 KEY = "synth-proxy-key"
@@ -442,10 +442,10 @@ def test_routing_uses_the_engines_probability_best() -> None:
         "b": {"candidate_id": "b", "reward_count": 50, "avg_reward": 0.1, "reward_m2": 1.0},
     }
     state: Any = {"policy": {"probability_best": {"a": 0.25, "b": 0.75}}}
-    assert _routing(state, ["a", "b"], stats) == [0.25, 0.75]
+    assert routing_from_state(state, ["a", "b"], stats) == [0.25, 0.75]
     # no (or an unusable) P(best) from the engine: computed from the statistics
     for policy in ({}, {"probability_best": {"a": 0.5}}, {"probability_best": {"a": -1, "b": 2}}):
-        weights = _routing({"policy": policy}, ["a", "b"], stats)  # type: ignore[typeddict-item]
+        weights = routing_from_state({"policy": policy}, ["a", "b"], stats)  # type: ignore[typeddict-item]
         assert weights[0] > 0.99 and abs(sum(weights) - 1) < 1e-6
 
 

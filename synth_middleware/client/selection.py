@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,6 +58,25 @@ def routing_weights(
     or an older engine). Computed once per refresh, like :func:`probability_best`.
     """
     return routing_probabilities_from_stats(stats, sharpness=sharpness)
+
+
+def routing_from_state(
+    state: Mapping[str, Any], ids: Sequence[str], stats: Mapping[Any, Any]
+) -> list[float]:
+    """The serving weights of ``ids`` for a session ``state``: the backend's own
+    ``policy.routing_weights`` when it sends them (it knows the reward range and the
+    session's routing sharpness, and computed them already), an older engine's
+    ``probability_best`` (plain Thompson), else :func:`routing_weights` from
+    ``stats`` (``candidate_id -> statistics``). Used by the client and the proxy."""
+    policy = state.get("policy")
+    for key in ("routing_weights", "probability_best"):
+        pb = policy.get(key) if isinstance(policy, Mapping) else None
+        if isinstance(pb, Mapping) and pb:
+            probs = [pb.get(cid) for cid in ids]
+            weights = [float(p) for p in probs if isinstance(p, int | float) and 0.0 <= p <= 1.0]
+            if len(weights) == len(ids) and sum(weights) > 0:
+                return weights
+    return routing_weights([dict(stats.get(cid) or {}) for cid in ids])
 
 
 def stable_unit(key: str) -> float:

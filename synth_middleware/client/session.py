@@ -22,7 +22,7 @@ from synth_middleware.client.candidates import Candidate, parse_candidate
 from synth_middleware.client.selection import (
     Categorical,
     Selection,
-    routing_weights,
+    routing_from_state,
     stable_unit,
 )
 from synth_middleware.errors import CandidateError, NotFoundError
@@ -310,7 +310,7 @@ class SessionRuntime:
         explore = None
         if ids:
             explore = Categorical(
-                [parsed[cid] for cid in ids], self._routing(state, ids, stats_by_id)
+                [parsed[cid] for cid in ids], routing_from_state(state, ids, stats_by_id)
             )
         best = state.get("best_candidate_id")
         return Snapshot(
@@ -321,24 +321,6 @@ class SessionRuntime:
             generation=int(state.get("generation") or 0),
             state=state,
         )
-
-    @staticmethod
-    def _routing(
-        state: Mapping[str, Any], ids: list[str], stats_by_id: Mapping[Any, Any]
-    ) -> list[float]:
-        """Routing weights: the backend's own ``policy.routing_weights`` when it sends
-        them (it knows the reward range and the session's routing sharpness), an older
-        engine's ``probability_best``, else plain Thompson from the stats."""
-        policy = state.get("policy")
-        # routing_weights: this engine's routing (plain or sharpened Thompson);
-        # probability_best: plain Thompson from an engine that predates it
-        for key in ("routing_weights", "probability_best"):
-            pb = policy.get(key) if isinstance(policy, Mapping) else None
-            if isinstance(pb, Mapping) and pb:
-                probs = [pb.get(cid) for cid in ids]
-                if all(isinstance(p, int | float) and p >= 0 for p in probs) and sum(probs) > 0:
-                    return [float(p) for p in probs]  # type: ignore[arg-type]
-        return routing_weights([dict(stats_by_id.get(cid) or {}) for cid in ids])
 
     def _warn_once(self, what: str, msg: str, *args: object) -> None:
         if what not in self._warned:

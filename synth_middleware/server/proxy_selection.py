@@ -25,7 +25,7 @@ import cachetools
 
 from synth_middleware.backends.base import SessionState
 from synth_middleware.client.candidates import Candidate, parse_candidate
-from synth_middleware.client.selection import Categorical, routing_weights
+from synth_middleware.client.selection import Categorical, routing_from_state
 from synth_middleware.engine import Engine
 from synth_middleware.errors import CandidateError
 from synth_middleware.server.feed import ChangeFeed
@@ -48,26 +48,6 @@ class SessionChoice:
     best: Candidate | None
     hint: int = 0
     checked_at: float = 0.0
-
-
-def _routing(
-    state: SessionState, ids: list[str], stats: Mapping[str, Mapping[str, Any]]
-) -> list[float]:
-    """Routing weights as the client middleware routes: the engine's own
-    ``policy.routing_weights`` (it computed them already for this version, with the
-    session's routing sharpness; recomputing P(best) here cost about 0.5 ms per
-    rebuild), an older engine's ``probability_best``, else computed from the stats."""
-    policy = state.get("policy")
-    # routing_weights: this engine's routing (plain or sharpened Thompson);
-    # probability_best: plain Thompson from an engine that predates it
-    for key in ("routing_weights", "probability_best"):
-        pb = policy.get(key) if isinstance(policy, Mapping) else None
-        if isinstance(pb, Mapping) and pb:
-            probs = [pb.get(cid) for cid in ids]
-            weights = [float(p) for p in probs if isinstance(p, int | float) and 0.0 <= p <= 1.0]
-            if len(weights) == len(ids) and sum(weights) > 0:
-                return weights
-    return routing_weights([dict(stats.get(cid) or {}) for cid in ids])
 
 
 class CandidateChooser:
@@ -135,7 +115,9 @@ class CandidateChooser:
         ids = list(parsed)
         explore = None
         if ids:
-            explore = Categorical([parsed[cid] for cid in ids], _routing(state, ids, stats))
+            explore = Categorical(
+                [parsed[cid] for cid in ids], routing_from_state(state, ids, stats)
+            )
         baseline = parsed.get(baseline_id) if baseline_id else None
         best_id = state.get("best_candidate_id")
         best = parsed.get(best_id) if best_id else None
