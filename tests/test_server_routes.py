@@ -260,9 +260,13 @@ def test_batch_rewards_and_rollouts(http: httpx.Client) -> None:
     body = r.json()
     assert r.status_code == 200 and body["accepted"] == 5 and body["skipped"] == 2
     assert [e["index"] for e in body["errors"]] == [5, 6]
-    # idempotent
-    again = http.post("/api/v1/rollouts/batch", json={"rollouts": rollouts[:5]}).json()
-    assert (again["accepted"], again["duplicates"]) == (0, 5)
+    assert body["statuses"] == ["accepted"] * 5 + ["skipped"] * 2
+    # idempotent; a repeat within one batch counts as a duplicate of the first
+    again = http.post(
+        "/api/v1/rollouts/batch", json={"rollouts": [*rollouts[:5], {**rollouts[0]}]}
+    ).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 6)
+    assert again["statuses"] == ["duplicate"] * 6
     # session-scoped variant fills session_id
     r = http.post(
         f"/api/v1/online/sessions/{sid}/rollouts:batch", json={"rollouts": [{"rollout_id": "b9"}]}
@@ -273,6 +277,7 @@ def test_batch_rewards_and_rollouts(http: httpx.Client) -> None:
         "supplemented": 0,
         "skipped": 0,
         "errors": [],
+        "statuses": ["accepted"],
     }
     rewards = [
         {"idempotency_key": f"k{i}", "rollout_id": f"b{i}", "value": i / 4} for i in range(5)

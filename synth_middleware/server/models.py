@@ -200,13 +200,16 @@ class RolloutError(_Response):
 
 class RolloutBatchResponse(_Response):
     """``accepted``: new rollouts; ``duplicates``: already stored; ``supplemented``:
-    details added to a rollout a reward had created; ``skipped``: refused records."""
+    details added to a rollout a reward had created; ``skipped``: refused records.
+    ``statuses``: each record's outcome (one of those four words), in request
+    order, so a client that merged several batches can split the answer back."""
 
     accepted: int
     duplicates: int
     supplemented: int
     skipped: int
     errors: list[RolloutError]
+    statuses: list[str]
 
 
 # -- candidates ---------------------------------------------------------------

@@ -60,7 +60,7 @@ async def store_rollouts(
     ctx: ServerContext, records: list[Any], session_id: str | None
 ) -> dict[str, Any]:
     """Store a rollout batch (records without ``session_id`` take ``session_id``); the
-    answer body ``{accepted, duplicates, supplemented, skipped, errors}``."""
+    answer body ``{accepted, duplicates, supplemented, skipped, errors, statuses}``."""
     if session_id is not None:
         validate_session_id(session_id)
         records = [
@@ -76,6 +76,7 @@ async def store_rollouts(
         "supplemented": result.supplemented,
         "skipped": result.skipped,
         "errors": [{"index": i, "error": e} for i, e in result.errors],
+        "statuses": result.statuses,
     }
 
 
