@@ -53,6 +53,7 @@ import psycopg
 from _common import machine
 from server import RawClient, cpu_seconds, free_port, pct, wait_http
 from server import batched as server_batched
+from server import reward_only as server_reward_only
 
 try:
     import uvloop
@@ -189,33 +190,7 @@ async def reward_only(
     ports: list[int], sid: str, cids: list[str], clients: int, seconds: float
 ) -> float:
     """Rollouts/s, one ``POST .../reward`` per rollout (it creates the rollout)."""
-    done = 0
-    stop_at = time.monotonic() + seconds
-
-    async def worker(w: int) -> None:
-        nonlocal done
-        c = await RawClient("127.0.0.1", ports[w % len(ports)]).connect()
-        i = 0
-        tag = uuid.uuid4().hex[:6]
-        while time.monotonic() < stop_at:
-            rid = f"ro-{tag}-{w}-{i}"
-            status, _ = await c.request(
-                "POST",
-                f"/api/v1/online/sessions/{sid}/reward",
-                {
-                    "reward_info": {"score": (i % 5) / 4},
-                    "rollout_id": rid,
-                    "candidate_id": cids[i % len(cids)],
-                    "idempotency_key": rid,
-                },
-            )
-            done += status == 200
-            i += 1
-        c.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*[worker(w) for w in range(clients)])
-    return done / (time.perf_counter() - t0)
+    return (await server_reward_only(ports, sid, cids, clients, seconds))["rollouts"]
 
 
 async def fetch_latency(port: int, sid: str, n: int) -> list[float]:

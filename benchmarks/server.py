@@ -275,7 +275,7 @@ async def per_request(
 
 
 async def reward_only(
-    port: int,
+    port: int | list[int],
     sid: str,
     cids: list[str],
     clients: int,
@@ -283,16 +283,19 @@ async def reward_only(
     probe: list[float] | None = None,
 ) -> dict[str, float]:
     """One request per rollout: the reward names rollout and candidate and creates the rollout
-    (the newest dialect's lifecycle; what ``session.update_reward`` sends)."""
+    (the newest dialect's lifecycle; what ``session.update_reward`` sends). With several
+    ports (replicas) client ``w`` talks to ``ports[w % len(ports)]``."""
+    ports = port if isinstance(port, list) else [port]
     done = 0
     stop = time.monotonic() + seconds
+    tag = uuid.uuid4().hex[:6]  # fresh rollout ids when runs share a database
 
     async def worker(w: int) -> None:
         nonlocal done
-        c = await RawClient("127.0.0.1", port).connect()
+        c = await RawClient("127.0.0.1", ports[w % len(ports)]).connect()
         i = 0
         while time.monotonic() < stop:
-            rid = f"ro-{w}-{i}"
+            rid = f"ro-{tag}-{w}-{i}"
             status, _ = await c.request(
                 "POST",
                 f"/api/v1/online/sessions/{sid}/reward",
@@ -310,7 +313,7 @@ async def reward_only(
     t0 = time.perf_counter()
     tasks = [worker(w) for w in range(clients)]
     if probe is not None:
-        tasks.append(prober(port, cids[1], stop, probe))
+        tasks.append(prober(ports[0], cids[1], stop, probe))
     await asyncio.gather(*tasks)
     return {"rollouts": done / (time.perf_counter() - t0)}
 
