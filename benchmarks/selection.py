@@ -44,6 +44,10 @@ candidate, and the probability of naming a candidate worse than the baseline
 
 ``--frozen-alternatives`` freezes epsilon-greedy and greedy like ours (their
 choice of leader is recomputed only at each refresh) for a side measurement.
+``--ids`` adds two evaluated, not adopted, routings (:mod:`_ids_routing`):
+``ours (ids)``, information-directed sampling on the routing posterior, and
+``ours (ids batch)``, its batch variant for the frozen posterior; same pruning
+and naming as ours.
 """
 
 from __future__ import annotations
@@ -89,7 +93,14 @@ ROUTING_SHARPNESS = {
     "ours (thompson)": DEFAULT_ROUTING_SHARPNESS,
     f"ours (sharpened x{SHARPENED_ROUTING:g})": SHARPENED_ROUTING,
 }
-STRATEGIES = ("uniform", "epsilon-greedy", "greedy", *ROUTING_SHARPNESS, "ours (top-two)")
+STRATEGIES: tuple[str, ...] = (
+    "uniform",
+    "epsilon-greedy",
+    "greedy",
+    *ROUTING_SHARPNESS,
+    "ours (top-two)",
+)
+IDS_STRATEGIES = ("ours (ids)", "ours (ids batch)")  # --ids: evaluated, not adopted
 
 
 @dataclass
@@ -176,6 +187,9 @@ def _route(
     def thompson() -> np.ndarray:
         return np.where(active, rng.beta(a, b), -1.0).argmax(1)
 
+    if name in IDS_STRATEGIES:  # a categorical draw from the frozen IDS weights
+        u = rng.random(s)[:, None] * a[:, -1:]
+        return np.minimum((u >= a).sum(1), k - 1)
     leader = thompson()
     if name in ROUTING_SHARPNESS:
         return leader
@@ -236,6 +250,7 @@ def run_scenario(
     eps: float,
     rng_seed: int,
     frozen_alternatives: bool = False,
+    strategies: tuple[str, ...] = STRATEGIES,
 ) -> dict[str, dict[int, dict[str, float]]]:
     """``{strategy: {budget: {regret, correct, false_promotion[, correct_unguarded]}}}``."""
     mu = scenario_rates(rates, seeds)
@@ -245,7 +260,7 @@ def run_scenario(
     best_rate = mu[rows, best]
     settings = PolicySettings()
     out: dict[str, dict[int, dict[str, float]]] = {}
-    for si, name in enumerate(STRATEGIES):
+    for si, name in enumerate(strategies):
         rng = np.random.default_rng(rng_seed + 1000 * si)
         succ = np.zeros((seeds, k))
         cnt = np.zeros((seeds, k))
@@ -261,6 +276,15 @@ def run_scenario(
                     frozen = _routing_params(succ, cnt, active, ROUTING_SHARPNESS[name])
                 elif name == "ours (top-two)":
                     frozen = (1.0 + succ, 1.0 + cnt - succ)  # the sound posterior
+                elif name in IDS_STRATEGIES:
+                    from _ids_routing import ids_batch_weights, ids_weights_grid
+
+                    ra, rb = _routing_params(succ, cnt, active, DEFAULT_ROUTING_SHARPNESS)
+                    if name == "ours (ids batch)":
+                        w = ids_batch_weights(ra, rb, active, refresh, 1.0)
+                    else:
+                        w = ids_weights_grid(ra, rb, active)
+                    frozen = (np.cumsum(w, 1), w)
                 elif frozen_alternatives and name in ("epsilon-greedy", "greedy"):
                     mean = np.where(cnt > 0, succ / np.maximum(cnt, 1), np.inf)
                     frozen = (mean, mean)
@@ -334,8 +358,12 @@ def main() -> None:
         help="freeze epsilon-greedy and greedy between refreshes too (side measurement)",
     )
     ap.add_argument("--only", default="", help="run only scenarios whose title contains this")
+    ap.add_argument(
+        "--ids", action="store_true", help="add the evaluated IDS routings (side measurement)"
+    )
     args = ap.parse_args()
-    if args.write and (args.frozen_alternatives or args.only):
+    strategies = STRATEGIES + (IDS_STRATEGIES if args.ids else ())
+    if args.write and (args.frozen_alternatives or args.only or args.ids):
         ap.error("--write publishes the standard run only")
     t0 = time.perf_counter()
     lines = [
@@ -372,7 +400,13 @@ def main() -> None:
         if args.only not in title:
             continue
         res = run_scenario(
-            rates, args.seeds, args.refresh, args.epsilon, args.seed, args.frozen_alternatives
+            rates,
+            args.seeds,
+            args.refresh,
+            args.epsilon,
+            args.seed,
+            args.frozen_alternatives,
+            strategies,
         )
         if isinstance(rates, tuple):
             a, b, k = rates
