@@ -1,0 +1,129 @@
+"""Instructions per call, counted by valgrind's callgrind: repeatable under load.
+
+    .venv/bin/python benchmarks/instructions.py [--calls 100]
+
+Wall-clock overhead figures on this shared 2-core machine move by a few percent
+from run to run; instruction counts do not. Each contender runs in its own
+process under ``valgrind --tool=callgrind`` twice, with ``--warm`` and with
+``--warm + --calls`` in-memory chat calls (``in_memory_http_client()``: the
+fake model server runs in-process, so its work is counted too, as in the raw
+client's figure); the difference divided by ``--calls`` is the cost of one call,
+start-up and imports cancelling out:
+
+* ``raw``: the plain ``openai.OpenAI`` client;
+* ``ours, request path``: ``synth.wrap`` over a ``LocalBackend`` whose
+  ``record_rollouts`` does nothing (candidate choice and application, rollout,
+  OTel context, record enqueue);
+* ``ours``: the same with the real SQLite delivery of each rollout record
+  (done on the reporter's thread; here all at the exit flush).
+
+Instructions are not time: a call's wall time also depends on cache misses and,
+for the delivery thread, on waiting for the GIL (see ``## Peers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SYSTEM = "You are a support assistant. Classify the customer's request."
+CAND = "You are a banking intent classifier. Answer with one label."
+MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]
+CONTENDERS = {"raw": "raw", "request": "ours, request path", "ours": "ours"}
+
+
+def worker(kind: str, calls: int) -> None:
+    """Make ``calls`` in-memory chat calls with contender ``kind``."""
+    import openai
+
+    from synth_middleware.testing import in_memory_http_client
+
+    kw = {"api_key": "k", "max_retries": 0, "base_url": "http://fake/v1"}
+    client = openai.OpenAI(http_client=in_memory_http_client(), **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind != "raw":
+            import synth_middleware as synth
+            from synth_middleware.backends.local import LocalBackend
+
+            class NoDelivery(LocalBackend):
+                def record_rollouts(self, rollouts: object) -> None:
+                    return None
+
+            cls = NoDelivery if kind == "request" else LocalBackend
+            backend = cls(str(Path(tmp) / "instructions.db"))
+            backend.ensure_session("s", baseline=SYSTEM)
+            backend.add_candidate("s", CAND)
+            # deliver at the exit flush only, so both counts include the same flushes
+            client = synth.wrap(
+                client, session="s", backend=backend, warm=True, ttl=3600, flush_interval=3600
+            )
+        for _ in range(calls):
+            client.chat.completions.create(model="m", messages=MESSAGES)
+        if kind != "raw":
+            synth.flush(60)
+            backend.close()
+
+
+def count(kind: str, calls: int, tmp: str) -> int:
+    """Instructions callgrind counted for one worker run."""
+    out = Path(tmp) / f"cg.{kind}.{calls}"
+    proc = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--worker",
+            kind,
+            "--calls",
+            str(calls),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    m = re.search(r"Collected : (\d+)", proc.stderr)
+    if m is None:
+        raise SystemExit(f"no callgrind total for {kind}:\n{proc.stderr[-2000:]}")
+    return int(m.group(1))
+
+
+def main() -> None:
+    """Count, then print a table of instructions per call and ratios to raw."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=100, help="measured calls per contender")
+    ap.add_argument("--warm", type=int, default=20, help="calls in the baseline run")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.calls)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    sys.path.insert(0, str(HERE))
+    from _common import machine
+
+    per_call: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in CONTENDERS:
+            low = count(kind, args.warm, tmp)
+            high = count(kind, args.warm + args.calls, tmp)
+            per_call[kind] = (high - low) / args.calls
+    raw = per_call["raw"]
+    print(f"machine: {machine()}; {args.calls} calls per contender under callgrind\n")
+    print("| contender | instructions per call | ratio to raw | added per call |")
+    print("| --- | ---: | ---: | ---: |")
+    for kind, label in CONTENDERS.items():
+        n = per_call[kind]
+        print(f"| {label} | {n:,.0f} | {n / raw:.3f} | {n - raw:+,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
