@@ -6,6 +6,10 @@
   wrapped/raw of the median per-call wall time.
 * in-memory: both clients use an in-process transport, so the difference is
   purely our added CPU time per call (microseconds).
+* the request-path code alone, hot: our code around one call (candidate choice
+  and application, rollout, OTel context, record enqueue) run back to back
+  without the model call; against the in-memory "added CPU" it shows how much
+  more the same code costs between real openai calls (cold caches).
 * reward(): cost per call (it only enqueues).
 * memory: RSS and tracemalloc before and after 100k wrapped in-memory calls.
 """
@@ -128,8 +132,22 @@ def run(calls: int, rounds: int, mem_calls: int) -> dict[str, float]:
             (_thread_cpu(rep) - cpu0) / max(1, rep.stats().rollouts_sent - n_before) * 1e6
         )
 
-        # -- reward() cost (enqueue only)
+        # -- the request-path code alone, hot (no model call between two runs of it)
+        from synth_middleware.client._call import Call
+
         resp = mwrapped.chat.completions.create(model="m", messages=MESSAGES)
+        cfg = mwrapped._self_cfg
+        kwargs = {"model": "m", "messages": MESSAGES}
+        samples = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(2000):
+                Call(cfg, kwargs, "chat").finish(resp)
+            samples.append((time.perf_counter() - t0) / 2000)
+            synth.flush(30)
+        res["path_hot_us"] = median_us(samples)
+
+        # -- reward() cost (enqueue only)
         n = 20_000
         samples = []
         for _ in range(5):
@@ -184,6 +202,7 @@ def main() -> None:
     print(f"  added on the request path (calling thread CPU): {r['added_cpu_us']:.1f} us")
     print(f"  added wall time, saturated loop incl. delivery:  {r['added_wall_us']:.1f} us")
     print(f"  background delivery CPU per rollout:            {r['delivery_cpu_us']:.1f} us")
+    print(f"  request-path code alone, hot (no model call):   {r['path_hot_us']:.1f} us")
     print(f"reward()  {r['reward_us']:.2f} us per call")
     print(
         f"memory    {r['mem_calls']} calls: RSS {r['rss_start_mb']:.1f} -> {r['rss_end_mb']:.1f}"
