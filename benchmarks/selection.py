@@ -429,11 +429,16 @@ def main() -> None:
 
 
 def _write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## Selection`` section, leaving the others alone."""
+    """Replace the generated part of the ``## Selection`` section (up to its "Run
+    time" line) and keep the hand-written reading after it; append the section if
+    there is none. Other sections are left alone."""
     current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Selection\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: section.rstrip() + "\n\n", current, count=1)
+    generated = re.compile(r"^## Selection\n.*?^Run time: [^\n]*\n", re.S | re.M)
+    whole = re.compile(r"^## Selection\n.*?(?=^## |\Z)", re.S | re.M)
+    if generated.search(current):
+        new = generated.sub(lambda _: section.rstrip() + "\n", current, count=1)
+    elif whole.search(current):
+        new = whole.sub(lambda _: section.rstrip() + "\n\n", current, count=1)
     else:
         new = current.rstrip() + "\n\n" + section
     path.write_text(new.rstrip() + "\n")
