@@ -6,6 +6,8 @@ Contenders (each in its own process, because OpenLLMetry's instrumentation and
 Langfuse's wrapper patch the ``openai`` classes globally):
 
 * ``raw``: the plain ``openai.OpenAI`` client;
+* ``raw-control``: the same again in another process (the A/A control: how far
+  two identical processes differ here);
 * ``ours``: ``synth.wrap`` over a ``LocalBackend`` on a temp SQLite file, warm cache;
 * ``openllmetry``: ``opentelemetry-instrumentation-openai`` (traceloop) with an
   SDK ``TracerProvider``, a ``SimpleSpanProcessor`` and an in-memory exporter;
@@ -34,7 +36,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CONTENDERS = ("raw", "ours", "openllmetry", "langfuse")
+# "raw-control" is a second raw client in its own process: the A/A control. Its
+# distance from "raw" is the noise floor of comparing two processes (memory layout,
+# scheduling), which on a small VM can be several percent.
+CONTENDERS = ("raw", "raw-control", "ours", "openllmetry", "langfuse")
 SYSTEM = "You are a support assistant. Classify the customer's request."
 CAND = "You are a banking intent classifier. Answer with one label."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]
@@ -48,7 +53,7 @@ def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
     from synth_middleware.testing import in_memory_http_client
 
     mem_kw = {"base_url": "http://fake/v1", "http_client": in_memory_http_client()}
-    if kind == "raw":
+    if kind in ("raw", "raw-control"):
         import openai
 
         return (
@@ -266,6 +271,15 @@ def run(calls: int, rounds: int, mem_calls: int, only: list[str]) -> dict[str, d
     return results
 
 
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=100, help="loopback calls per round")
@@ -287,7 +301,7 @@ def main() -> None:
     raw_loop = statistics.median(raw["loop"]) if raw.get("loop") else float("nan")
     raw_mem = statistics.median(raw["mem"]) if raw.get("mem") else float("nan")
     print(
-        f"machine: {machine()}; {args.rounds} rounds x {args.calls} loopback calls, "
+        f"machine: {machine()}; openai {_version('openai')}; {args.rounds} rounds x {args.calls} loopback calls, "
         f"x {args.mem_calls} in-memory calls, per contender"
     )
     print()
