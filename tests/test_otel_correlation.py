@@ -229,3 +229,47 @@ def test_global_provider_and_instrumentation_in_a_subprocess(server, tmp_path):
         "link_ok": True,
         "flushed": True,
     }
+
+
+def test_server_hot_routes_keep_http_route_on_instrumented_spans(otel, tmp_path):
+    """The routes ``serve`` answers in its pure-ASGI layer (routes/hot.py) still get
+    the route template on OpenTelemetry's FastAPI server spans: the instrumentation
+    resolves it from the app's declared routes, which the hot routes stay part of."""
+    from synth_middleware.server.app import create_app
+
+    provider, exporter = otel
+    app = create_app(db_path=tmp_path / "synth.db")
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    session = "/api/v1/online/sessions/{session_id}"
+    with TestClient(app) as tc:
+        r = tc.post(
+            "/api/v1/online/sessions",
+            json={"session_id": "hot", "kind": "gepa_online", "baseline": "You are terse."},
+        )
+        assert r.status_code == 200, r.text
+        page = tc.get("/api/v1/online/sessions/hot/candidates").json()
+        cid = page["items"][0]["candidate_id"]
+        calls = [  # ordinary requests: the hot layer answers them
+            ("GET", "/api/v1/online/sessions/hot", None, session),
+            ("GET", "/api/v1/online/sessions/hot/state", None, f"{session}/state"),
+            (
+                "POST",
+                "/api/v1/online/sessions/hot/reward",
+                {"rollout_id": "r1", "reward_info": {"score": 1.0}},
+                f"{session}/reward",
+            ),
+            (
+                "POST",
+                "/api/v1/rewards/batch",
+                {"rewards": [{"session_id": "hot", "rollout_id": "r2", "value": 0.0}]},
+                "/api/v1/rewards/batch",
+            ),
+            ("GET", f"/api/v1/candidates/{cid}", None, "/api/v1/candidates/{candidate_id}"),
+        ]
+        for method, path, body, route in calls:
+            exporter.clear()
+            r = tc.request(method, path, json=body)
+            assert r.status_code == 200, (path, r.text)
+            (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+            assert span.attributes["http.route"] == route, path
+            assert span.name == f"{method} {route}"
