@@ -186,11 +186,15 @@ def test_proposer_failure_backs_off_and_is_visible() -> None:
     calls = {"n": 0}
     client = prop.client()
     answer = client.chat.completions.create
+    # A real connection error, as the client raises it (nothing listens on port 9).
+    dead = openai.OpenAI(api_key="k", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    with pytest.raises(openai.APIConnectionError) as refused:
+        dead.models.list()
 
     def create(**kw: Any) -> Any:
         calls["n"] += 1
         if calls["n"] <= 2:
-            raise openai.APIConnectionError(request=None)  # type: ignore[arg-type]
+            raise refused.value
         return answer(**kw)
 
     client.chat.completions.create = create
