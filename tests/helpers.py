@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,3 +65,17 @@ def bern(cid: str, n: int, successes: int, **kw: Any) -> C:
     """A candidate with ``successes`` of ``n`` Bernoulli rewards."""
     mean = successes / n if n else 0.0
     return C(cid, n, mean, n * mean * (1 - mean), **kw)
+
+
+def reward_record(i: int, session: str, value: float = 1.0, **extra: Any) -> dict[str, Any]:
+    """A reward record as the reporter sends it, with unique idempotency key and rollout id."""
+    rec: dict[str, Any] = {
+        "idempotency_key": f"key-{i}-{os.urandom(6).hex()}",
+        "rollout_id": f"ro-{i}-{os.urandom(6).hex()}",
+        "session_id": session,
+        "candidate_id": None,
+        "value": value,
+        "created_at": time.time(),
+    }
+    rec.update(extra)
+    return rec

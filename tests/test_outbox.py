@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from _wire_server import ClosingHttpBackend as HttpBackend
 from _wire_server import WireServer, close_backends
-from helpers import wait_until
+from helpers import reward_record, wait_until
 
 from synth_middleware.client._outbox import Outbox, owner_token
 from synth_middleware.client.reporter import RewardReporter
@@ -33,16 +33,7 @@ def _close_backends() -> Iterator[None]:
 
 
 def _reward(i: int, **extra: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "idempotency_key": f"key-{i}-{os.urandom(6).hex()}",
-        "rollout_id": f"ro-{i}-{os.urandom(6).hex()}",
-        "session_id": SID,
-        "candidate_id": None,
-        "value": 1.0,
-        "created_at": time.time(),
-    }
-    rec.update(extra)
-    return rec
+    return reward_record(i, SID, **{"value": 1.0, **extra})
 
 
 def _send(rep: RewardReporter, n: int, start: int = 0) -> list[str]:

@@ -9,7 +9,6 @@ that made it necessary.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import openai
 import pytest
 from _wire_server import ClosingHttpBackend as HttpBackend
 from _wire_server import WireServer, close_backends
-from helpers import messages, wait_until
+from helpers import messages, reward_record, wait_until
 
 import synth_middleware as synth
 from synth_middleware.client.reporter import RewardReporter
@@ -35,16 +34,7 @@ def _close_backends() -> Iterator[None]:
 
 
 def _reward(i: int, **extra: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "idempotency_key": f"key-{i}-{os.urandom(6).hex()}",
-        "rollout_id": f"ro-{i}-{os.urandom(6).hex()}",
-        "session_id": SID,
-        "candidate_id": None,
-        "value": (i % 3) / 2,
-        "created_at": time.time(),
-    }
-    rec.update(extra)
-    return rec
+    return reward_record(i, SID, **{"value": (i % 3) / 2, **extra})
 
 
 def _send(rep: RewardReporter, n: int, start: int = 0) -> list[str]:
