@@ -117,34 +117,21 @@ def _add_session_routes(algo: str) -> None:
     state.__doc__ = "The session state (older route)."
     prompt.__doc__ = "The session's proxy URLs (older route)."
     reward.__doc__ = "Report a reward (older route)."
-    router.add_api_route(
-        base,
-        create,
-        methods=["POST"],
-        response_model=CreateSessionResponse,
-        name=f"{algo}_create_session",
+    # (path under base, handler, method, answer model, operation name suffix)
+    routes = (
+        ("", create, "POST", CreateSessionResponse, "create_session"),
+        ("/{session_id}", state, "GET", SessionStateResponse, "session_state"),
+        ("/{session_id}/prompt", prompt, "GET", PromptUrls, "prompt_urls"),
+        ("/{session_id}/reward", reward, "POST", RewardAck, "reward"),
     )
-    router.add_api_route(
-        f"{base}/{{session_id}}",
-        state,
-        methods=["GET"],
-        response_model=SessionStateResponse,
-        name=f"{algo}_session_state",
-    )
-    router.add_api_route(
-        f"{base}/{{session_id}}/prompt",
-        prompt,
-        methods=["GET"],
-        response_model=PromptUrls,
-        name=f"{algo}_prompt_urls",
-    )
-    router.add_api_route(
-        f"{base}/{{session_id}}/reward",
-        reward,
-        methods=["POST"],
-        response_model=RewardAck,
-        name=f"{algo}_reward",
-    )
+    for suffix, endpoint, method, model, name in routes:
+        router.add_api_route(
+            base + suffix,
+            endpoint,
+            methods=[method],
+            response_model=model,
+            name=f"{algo}_{name}",
+        )
     for action, status in _ACTIONS.items():
         act = _status_route(status)
         router.add_api_route(
