@@ -205,7 +205,9 @@ class _Sink(BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------- parent
 
 
-def run(calls: int, rounds: int, mem_calls: int, only: list[str]) -> dict[str, dict]:
+def run(
+    calls: int, rounds: int, mem_calls: int, only: list[str], procs: int = 1
+) -> dict[str, dict]:
     sys.path.insert(0, str(HERE))
     from _common import ModelServerProcess
 
@@ -223,45 +225,50 @@ def run(calls: int, rounds: int, mem_calls: int, only: list[str]) -> dict[str, d
     )
     results: dict[str, dict] = {}
     with ModelServerProcess() as server:
-        procs: dict[str, subprocess.Popen[str]] = {}
+        # ``procs`` processes per contender: a process's memory layout moves its
+        # timings by a few percent (the A/A control shows it), so each round's
+        # figure for a contender is the mean over its processes.
+        workers: dict[tuple[str, int], subprocess.Popen[str]] = {}
         for kind in only:
-            procs[kind] = subprocess.Popen(
-                [sys.executable, __file__, "--worker", kind, "--url", server.url],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        live: list[str] = []
-        for kind, p in procs.items():
+            for i in range(procs):
+                workers[kind, i] = subprocess.Popen(
+                    [sys.executable, __file__, "--worker", kind, "--url", server.url],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+        for (kind, _), p in workers.items():  # a contender with any failed process is out
             msg = json.loads(p.stdout.readline() or '{"error": "worker died"}')  # type: ignore[union-attr]
             if "error" in msg:
                 results[kind] = {"error": msg["error"]}
-                p.kill()
-            else:
-                results[kind] = {"info": msg["info"], "loop": [], "mem": []}
-                live.append(kind)
+            elif kind not in results:
+                results[kind] = {"info": msg["info"], "loop": [], "mem": [], "mem_cpu": []}
+        live = [w for w in workers if "error" not in results[w[0]]]
 
-        def ask(kind: str, cmd: str, n: int) -> dict[str, float]:
-            p = procs[kind]
+        def ask(w: tuple[str, int], cmd: str, n: int) -> dict[str, float]:
+            p = workers[w]
             p.stdin.write(f"{cmd} {n}\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
             return json.loads(p.stdout.readline())  # type: ignore[union-attr, no-any-return]
 
-        for kind in live:
-            results[kind]["mem_cpu"] = []
+        kinds = list(dict.fromkeys(k for k, _ in live))
         for r in range(rounds):
             order = live[r % len(live) :] + live[: r % len(live)]
-            for kind in order:
-                results[kind]["loop"].append(ask(kind, "loop", calls)["s"])
-            for kind in order:
-                m = ask(kind, "mem", mem_calls)
-                results[kind]["mem"].append(m["s"])
-                results[kind]["mem_cpu"].append(m["cpu"])
-        for kind in live:
-            procs[kind].stdin.write("quit 0\n")  # type: ignore[union-attr]
-            procs[kind].stdin.flush()  # type: ignore[union-attr]
-        for p in procs.values():
+            loop = {w: ask(w, "loop", calls)["s"] for w in order}
+            mem = {w: ask(w, "mem", mem_calls) for w in order}
+            for kind in kinds:
+                mine = [w for w in live if w[0] == kind]
+                results[kind]["loop"].append(statistics.fmean(loop[w] for w in mine))
+                results[kind]["mem"].append(statistics.fmean(mem[w]["s"] for w in mine))
+                results[kind]["mem_cpu"].append(statistics.fmean(mem[w]["cpu"] for w in mine))
+        for p in workers.values():
+            try:
+                p.stdin.write("quit 0\n")  # type: ignore[union-attr]
+                p.stdin.flush()  # type: ignore[union-attr]
+            except OSError:  # a failed worker has already exited
+                pass
+        for p in workers.values():
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
@@ -286,6 +293,9 @@ def main() -> None:
     ap.add_argument("--mem-calls", type=int, default=1000, help="in-memory calls per round")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--only", default=",".join(CONTENDERS))
+    ap.add_argument(
+        "--procs", type=int, default=1, help="worker processes per contender, averaged per round"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -296,13 +306,13 @@ def main() -> None:
     from _common import machine
 
     only = [k for k in args.only.split(",") if k]
-    res = run(args.calls, args.rounds, args.mem_calls, only)
+    res = run(args.calls, args.rounds, args.mem_calls, only, args.procs)
     raw = res.get("raw", {})
     raw_loop = statistics.median(raw["loop"]) if raw.get("loop") else float("nan")
     raw_mem = statistics.median(raw["mem"]) if raw.get("mem") else float("nan")
     print(
         f"machine: {machine()}; openai {_version('openai')}; {args.rounds} rounds x {args.calls} loopback calls, "
-        f"x {args.mem_calls} in-memory calls, per contender"
+        f"x {args.mem_calls} in-memory calls, per contender, {args.procs} process(es) each"
     )
     print()
     print(
