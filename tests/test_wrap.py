@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 
 import openai
+import pydantic
 import pytest
 from helpers import BASELINE, CANDIDATE, messages, pick, seed, wait_until
 
@@ -139,6 +141,61 @@ def test_responses_api_gets_candidate_as_instructions(server, backend):
     assert server.requests[-1]["input"] == "where is my card"
     assert synth.rollout_of(resp).candidate_id == cid
     assert isinstance(resp.output_text, str)
+
+
+class _Intent(pydantic.BaseModel):
+    label: str
+    confidence: float
+
+
+def _json_reply(body):  # type: ignore[no-untyped-def]
+    return json.dumps({"label": "card_lost", "confidence": 0.9})
+
+
+def test_structured_output_parse_gets_the_candidate_and_a_rollout(server, backend):
+    server.reply = _json_reply
+    client, cid = _wrapped(server, backend)
+    resp = client.chat.completions.parse(
+        model="m", messages=messages("I lost my card"), response_format=_Intent
+    )
+    assert server.system_prompts() == [CANDIDATE]
+    sent = server.requests[-1]
+    assert sent["messages"][1] == {"role": "user", "content": "I lost my card"}
+    assert sent["response_format"]["type"] == "json_schema"  # the app's own field, kept
+    assert resp.choices[0].message.parsed == _Intent(label="card_lost", confidence=0.9)
+    r = synth.rollout_of(resp)
+    assert r.candidate_id == cid and r.session_id == "s1"
+    synth.flush(5)
+    (rec,) = backend.engine.rollout_records("s1")
+    assert rec["rollout_id"] == r.rollout_id and rec["candidate_id"] == cid
+    assert json.loads(rec["output"]) == {"label": "card_lost", "confidence": 0.9}
+    synth.reward(resp, 1.0)  # a parsed response is rewarded like any other
+    assert synth.flush(5)
+
+
+async def test_async_parse_and_responses_parse(server, backend):
+    server.reply = _json_reply
+    (cid,) = seed(backend, "ap", CANDIDATE)
+    client = synth.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session="ap",
+        backend=backend,
+        selection=pick(cid),
+        warm=True,
+    )
+    resp = await client.chat.completions.parse(
+        model="m", messages=messages(), response_format=_Intent
+    )
+    assert server.system_prompts() == [CANDIDATE]
+    assert resp.choices[0].message.parsed.label == "card_lost"
+    assert synth.rollout_of(resp).candidate_id == cid
+
+    out = await client.responses.parse(
+        model="m", instructions=BASELINE, input="where is my card", text_format=_Intent
+    )
+    assert server.requests[-1]["instructions"] == CANDIDATE
+    assert out.output_parsed == _Intent(label="card_lost", confidence=0.9)
+    assert synth.rollout_of(out).candidate_id == cid
 
 
 def test_pass_through_of_other_apis(server, backend):

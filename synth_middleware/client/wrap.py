@@ -56,6 +56,10 @@ def wrap(
 ) -> ClientT:
     """Wrap an ``OpenAI``/``AsyncOpenAI``/``AzureOpenAI`` client for one prompt (session).
 
+    Intercepted: ``chat.completions.create`` (also ``stream=True``) and ``.parse``,
+    their ``with_raw_response`` / ``with_streaming_response`` forms for ``create``,
+    and ``responses.create`` / ``.parse``. Everything else passes through.
+
     Args:
         client: the app's client; it keeps working as before and ``isinstance`` holds.
         session: the session (one optimized prompt) this client's calls belong to.
@@ -208,14 +212,21 @@ class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_async = is_async
         self._self_raw: Any = None
         self._self_streaming: Any = None
-        if is_async:
-            self._self_create = _async_create(completions.create, cfg, "chat")
-        else:
-            self._self_create = _sync_create(completions.create, cfg, "chat")
+        make = _async_create if is_async else _sync_create
+        self._self_create = make(completions.create, cfg, "chat")
+        # structured outputs (``parse``, in the SDK since 1.92): same call shape as create
+        parse = getattr(completions, "parse", None)
+        self._self_parse = make(parse, cfg, "chat") if parse is not None else None
 
     @property
     def create(self) -> Any:
         return self._self_create
+
+    @property
+    def parse(self) -> Any:
+        if self._self_parse is None:
+            return self.__wrapped__.parse  # an older SDK: its own AttributeError
+        return self._self_parse
 
     @property
     def with_raw_response(self) -> Any:
@@ -240,10 +251,18 @@ class _ResponsesProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         super().__init__(responses)
         make = _async_create if is_async else _sync_create
         self._self_create = make(responses.create, cfg, "responses")
+        parse = getattr(responses, "parse", None)
+        self._self_parse = make(parse, cfg, "responses") if parse is not None else None
 
     @property
     def create(self) -> Any:
         return self._self_create
+
+    @property
+    def parse(self) -> Any:
+        if self._self_parse is None:
+            return self.__wrapped__.parse
+        return self._self_parse
 
 
 class _MethodsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
