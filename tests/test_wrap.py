@@ -198,6 +198,60 @@ async def test_async_parse_and_responses_parse(server, backend):
     assert synth.rollout_of(out).candidate_id == cid
 
 
+def test_stream_helper_gets_the_candidate_and_records_what_was_read(server, backend):
+    client, cid = _wrapped(server, backend)
+    with client.chat.completions.stream(model="m", messages=messages("one two three")) as stream:
+        assert synth.rollout_of(stream).candidate_id == cid
+        kinds = {event.type for event in stream}
+    assert "content.done" in kinds
+    assert server.system_prompts() == [CANDIDATE]
+    with client.chat.completions.stream(model="m", messages=messages("a b c d")) as stream:
+        for _event in stream:
+            break  # an early exit still records the rollout (with what arrived)
+    synth.flush(5)
+    records = backend.engine.rollout_records("s1")
+    assert len(records) == 2 and all(r["candidate_id"] == cid for r in records)
+    outputs = sorted(r["output"] or "" for r in records)
+    assert "one two three" in outputs[1] and "a b c d" not in outputs[0]  # the broken one: partial
+
+
+async def test_async_stream_helper(server, backend):
+    server.reply = _json_reply
+    (cid,) = seed(backend, "ast", CANDIDATE)
+    client = synth.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session="ast",
+        backend=backend,
+        selection=pick(cid),
+        warm=True,
+    )
+    async with client.chat.completions.stream(
+        model="m", messages=messages(), response_format=_Intent
+    ) as stream:
+        async for _event in stream:
+            pass
+        final = await stream.get_final_completion()
+    assert final.choices[0].message.parsed == _Intent(label="card_lost", confidence=0.9)
+    assert server.system_prompts() == [CANDIDATE]
+    assert synth.rollout_of(stream).candidate_id == cid
+    synth.flush(5)
+    (rec,) = backend.engine.rollout_records("ast")
+    assert json.loads(rec["output"])["label"] == "card_lost"
+
+
+def test_responses_stream_gets_the_candidate_and_records_the_text(server, backend):
+    client, cid = _wrapped(server, backend)
+    stream = client.responses.create(
+        model="m", instructions=BASELINE, input="stream me please", stream=True
+    )
+    assert [e for e in stream if e.type == "response.completed"]
+    assert server.requests[-1]["instructions"] == CANDIDATE
+    assert synth.rollout_of(stream).candidate_id == cid
+    synth.flush(5)
+    (rec,) = backend.engine.rollout_records("s1")
+    assert "stream me please" in rec["output"]
+
+
 def test_pass_through_of_other_apis(server, backend):
     client, _ = _wrapped(server, backend)
     models = client.models.list()

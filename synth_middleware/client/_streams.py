@@ -224,6 +224,25 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_exited(exc[1] if len(exc) > 1 else None)
 
 
+class EventStreamManager(StreamingResponseManager):
+    """Proxy of the manager ``chat.completions.stream()`` returns (sync or async).
+
+    The request is made at ``__enter__``; the SDK's event stream it yields
+    carries the rollout; at ``__exit__`` the completion accumulated so far (all
+    of it, or what was read before a ``break``) is recorded and ends the span.
+    """
+
+    def _self_exited(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            self._self_call.fail(exc)
+            return
+        try:  # the SDK's running snapshot; it raises before the first chunk
+            snapshot = self._self_resp.current_completion_snapshot
+        except Exception:
+            snapshot = None
+        self._self_call.finish(snapshot, attach=False)
+
+
 class RawResponse(wrapt.ObjectProxy):  # type: ignore[misc]
     """Proxy of a raw (legacy) API response: ``parse()`` results carry the rollout too."""
 

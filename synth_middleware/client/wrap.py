@@ -16,6 +16,7 @@ import wrapt
 from synth_middleware.client._call import Call, WrapConfig
 from synth_middleware.client._streams import (
     AsyncStreamProxy,
+    EventStreamManager,
     RawResponse,
     StreamingResponseManager,
     SyncStream,
@@ -56,9 +57,9 @@ def wrap(
 ) -> ClientT:
     """Wrap an ``OpenAI``/``AsyncOpenAI``/``AzureOpenAI`` client for one prompt (session).
 
-    Intercepted: ``chat.completions.create`` (also ``stream=True``) and ``.parse``,
-    their ``with_raw_response`` / ``with_streaming_response`` forms for ``create``,
-    and ``responses.create`` / ``.parse``. Everything else passes through.
+    Intercepted: ``chat.completions.create`` (also ``stream=True``), ``.parse`` and
+    ``.stream()``, the ``with_raw_response`` / ``with_streaming_response`` forms of
+    ``create``, and ``responses.create`` / ``.parse``. Everything else passes through.
 
     Args:
         client: the app's client; it keeps working as before and ``isinstance`` holds.
@@ -217,6 +218,8 @@ class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         # structured outputs (``parse``, in the SDK since 1.92): same call shape as create
         parse = getattr(completions, "parse", None)
         self._self_parse = make(parse, cfg, "chat") if parse is not None else None
+        stream = getattr(completions, "stream", None)
+        self._self_stream = _event_stream(stream, cfg, "chat") if stream is not None else None
 
     @property
     def create(self) -> Any:
@@ -227,6 +230,12 @@ class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         if self._self_parse is None:
             return self.__wrapped__.parse  # an older SDK: its own AttributeError
         return self._self_parse
+
+    @property
+    def stream(self) -> Any:
+        if self._self_stream is None:
+            return self.__wrapped__.stream
+        return self._self_stream
 
     @property
     def with_raw_response(self) -> Any:
@@ -312,6 +321,23 @@ def _async_create(real: Any, cfg: WrapConfig, api: str) -> Any:
 
     create.__doc__ = real.__doc__
     return create
+
+
+def _event_stream(real: Any, cfg: WrapConfig, api: str) -> Any:
+    # ``stream()`` only builds a manager (no I/O, sync even on AsyncOpenAI): the
+    # candidate goes into its arguments now, the request happens at ``__enter__``.
+    def stream(*args: Any, **kwargs: Any) -> Any:
+        call = Call(cfg, kwargs, api)
+        try:
+            manager = real(*args, **call.kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.detach()
+        return EventStreamManager(manager, call)
+
+    stream.__doc__ = real.__doc__
+    return stream
 
 
 def _sync_raw(real: Any, cfg: WrapConfig, api: str) -> Any:
