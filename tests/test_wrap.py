@@ -215,6 +215,19 @@ def test_stream_helper_gets_the_candidate_and_records_what_was_read(server, back
     assert "one two three" in outputs[1] and "a b c d" not in outputs[0]  # the broken one: partial
 
 
+def test_stream_helper_error_reaches_the_app_and_records_nothing(server, backend):
+    client, _ = _wrapped(server, backend)
+    server.fail_next(500)
+    with pytest.raises(openai.InternalServerError):
+        with client.chat.completions.stream(model="m", messages=messages()) as stream:
+            list(stream)
+    with pytest.raises(RuntimeError, match="app error"):
+        with client.chat.completions.stream(model="m", messages=messages()) as stream:
+            raise RuntimeError("app error")
+    synth.flush(5)
+    assert backend.engine.rollout_records("s1") == []  # failed calls are not rollouts
+
+
 async def test_async_stream_helper(server, backend):
     server.reply = _json_reply
     (cid,) = seed(backend, "ast", CANDIDATE)
