@@ -586,6 +586,11 @@ def run(opts: DemoOptions, *, stream: IO[str] | None = None) -> dict[str, Any]:
                 f"({failed} failed); {len(watcher.proposals)} proposals"
             )
             say(_candidate_table(state, names))
+            say(
+                "(online means are adaptively collected: routing sends more traffic to arms "
+                "that did well early, so small-sample means are biased; the held-out "
+                "evaluation below is not)"
+            )
 
             # evaluation: baseline vs the backend's best (and the top challenger)
             base_id = state.get("baseline_candidate_id")
