@@ -47,7 +47,10 @@ choice of leader is recomputed only at each refresh) for a side measurement.
 ``--ids`` adds two evaluated, not adopted, routings (:mod:`_ids_routing`):
 ``ours (ids)``, information-directed sampling on the routing posterior, and
 ``ours (ids batch)``, its batch variant for the frozen posterior; same pruning
-and naming as ours.
+and naming as ours. ``--guard-alternatives`` also names the alternatives' best
+with our guard (the engine's policy over the evidence their routing gathered),
+printed as ``[g ...]`` after their own P(correct) and false promotion: which
+routing gathers the evidence a guarded name needs, apart from how it names.
 """
 
 from __future__ import annotations
@@ -251,6 +254,7 @@ def run_scenario(
     rng_seed: int,
     frozen_alternatives: bool = False,
     strategies: tuple[str, ...] = STRATEGIES,
+    guard_alternatives: bool = False,
 ) -> dict[str, dict[int, dict[str, float]]]:
     """``{strategy: {budget: {regret, correct, false_promotion[, correct_unguarded]}}}``."""
     mu = scenario_rates(rates, seeds)
@@ -301,6 +305,12 @@ def run_scenario(
                     row["correct_unguarded"] = float((lead == best).mean())
                 else:
                     named = _name_greedy(succ, cnt)
+                    if guard_alternatives:
+                        every = np.ones_like(active)  # alternatives archive nothing
+                        guarded, _ = _name_ours(succ, cnt, settings, every)
+                        row["correct_guarded"] = float((guarded == best).mean())
+                        worse = mu[rows, guarded] < mu[:, 0]
+                        row["false_promotion_guarded"] = float(worse.mean())
                 row["correct"] = float((named == best).mean())
                 row["false_promotion"] = float((mu[rows, named] < mu[:, 0]).mean())
                 out[name][t] = row
@@ -318,8 +328,14 @@ def _table(results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
             c = f"{by_budget[b]['correct']:.3f}"
             if "correct_unguarded" in by_budget[b]:
                 c += f" ({by_budget[b]['correct_unguarded']:.3f})"
+            if "correct_guarded" in by_budget[b]:
+                c += f" [g {by_budget[b]['correct_guarded']:.3f}]"
             cells.append(c)
-        cells += [f"{by_budget[b]['false_promotion']:.3f}" for b in BUDGETS]
+        for b in BUDGETS:
+            c = f"{by_budget[b]['false_promotion']:.3f}"
+            if "false_promotion_guarded" in by_budget[b]:
+                c += f" [g {by_budget[b]['false_promotion_guarded']:.3f}]"
+            cells.append(c)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -361,9 +377,16 @@ def main() -> None:
     ap.add_argument(
         "--ids", action="store_true", help="add the evaluated IDS routings (side measurement)"
     )
+    ap.add_argument(
+        "--guard-alternatives",
+        action="store_true",
+        help="also name the alternatives' best with our guard (side measurement)",
+    )
     args = ap.parse_args()
     strategies = STRATEGIES + (IDS_STRATEGIES if args.ids else ())
-    if args.write and (args.frozen_alternatives or args.only or args.ids):
+    if args.write and (
+        args.frozen_alternatives or args.only or args.ids or args.guard_alternatives
+    ):
         ap.error("--write publishes the standard run only")
     t0 = time.perf_counter()
     lines = [
@@ -407,6 +430,7 @@ def main() -> None:
             args.seed,
             args.frozen_alternatives,
             strategies,
+            args.guard_alternatives,
         )
         if isinstance(rates, tuple):
             a, b, k = rates
