@@ -219,7 +219,9 @@ class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         parse = getattr(completions, "parse", None)
         self._self_parse = make(parse, cfg, "chat") if parse is not None else None
         stream = getattr(completions, "stream", None)
-        self._self_stream = _event_stream(stream, cfg, "chat") if stream is not None else None
+        self._self_stream = (
+            _managed(stream, cfg, "chat", EventStreamManager) if stream is not None else None
+        )
 
     @property
     def create(self) -> Any:
@@ -250,7 +252,8 @@ class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         if self._self_streaming is None:
             real = self.__wrapped__.with_streaming_response
             self._self_streaming = _MethodsProxy(
-                real, create=_streaming_response(real.create, self._self_cfg, "chat")
+                real,
+                create=_managed(real.create, self._self_cfg, "chat", StreamingResponseManager),
             )
         return self._self_streaming
 
@@ -323,23 +326,6 @@ def _async_create(real: Any, cfg: WrapConfig, api: str) -> Any:
     return create
 
 
-def _event_stream(real: Any, cfg: WrapConfig, api: str) -> Any:
-    # ``stream()`` only builds a manager (no I/O, sync even on AsyncOpenAI): the
-    # candidate goes into its arguments now, the request happens at ``__enter__``.
-    def stream(*args: Any, **kwargs: Any) -> Any:
-        call = Call(cfg, kwargs, api)
-        try:
-            manager = real(*args, **call.kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        call.detach()
-        return EventStreamManager(manager, call)
-
-    stream.__doc__ = real.__doc__
-    return stream
-
-
 def _sync_raw(real: Any, cfg: WrapConfig, api: str) -> Any:
     def create(*args: Any, **kwargs: Any) -> Any:
         call = Call(cfg, kwargs, api)
@@ -368,7 +354,11 @@ def _async_raw(real: Any, cfg: WrapConfig, api: str) -> Any:
     return create
 
 
-def _streaming_response(real: Any, cfg: WrapConfig, api: str) -> Any:
+def _managed(real: Any, cfg: WrapConfig, api: str, proxy: type[StreamingResponseManager]) -> Any:
+    """For methods that return a context manager (``with_streaming_response.create``,
+    ``stream()``; sync even on the async client): the candidate goes into the
+    arguments now, the request happens at ``__enter__``."""
+
     def create(*args: Any, **kwargs: Any) -> Any:
         call = Call(cfg, kwargs, api)
         try:
@@ -377,6 +367,7 @@ def _streaming_response(real: Any, cfg: WrapConfig, api: str) -> Any:
             call.fail(exc)
             raise
         call.detach()
-        return StreamingResponseManager(manager, call)
+        return proxy(manager, call)
 
+    create.__doc__ = real.__doc__
     return create
