@@ -28,6 +28,18 @@ def _wrapped(server, backend, session="s1", **kw):  # type: ignore[no-untyped-de
     return client, cid
 
 
+def _wrapped_async(server, backend, session):  # type: ignore[no-untyped-def]
+    (cid,) = seed(backend, session, CANDIDATE)
+    client = synth.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
+        session=session,
+        backend=backend,
+        selection=pick(cid),
+        warm=True,
+    )
+    return client, cid
+
+
 def test_sync_create_applies_candidate_and_attaches_rollout(server, backend):
     client, cid = _wrapped(server, backend)
     resp = client.chat.completions.create(model="m", messages=messages("hello there"))
@@ -51,14 +63,7 @@ def test_other_instances_of_the_class_are_untouched(server, backend):
 
 
 async def test_async_create(server, backend):
-    (cid,) = seed(backend, "as", CANDIDATE)
-    client = synth.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
-        session="as",
-        backend=backend,
-        selection=pick(cid),
-        warm=True,
-    )
+    client, cid = _wrapped_async(server, backend, "as")
     assert isinstance(client, openai.AsyncOpenAI)
     resp = await client.chat.completions.create(model="m", messages=messages())
     assert server.system_prompts() == [CANDIDATE]
@@ -87,14 +92,7 @@ def test_stream_full_early_break_and_context_manager(server, backend):
 
 
 async def test_async_stream(server, backend):
-    (cid,) = seed(backend, "astream", CANDIDATE)
-    client = synth.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
-        session="astream",
-        backend=backend,
-        selection=pick(cid),
-        warm=True,
-    )
+    client, cid = _wrapped_async(server, backend, "astream")
     stream = await client.chat.completions.create(model="m", messages=messages("p q"), stream=True)
     got = [c async for c in stream]
     assert got and synth.rollout_of(stream).candidate_id == cid
@@ -175,14 +173,7 @@ def test_structured_output_parse_gets_the_candidate_and_a_rollout(server, backen
 
 async def test_async_parse_and_responses_parse(server, backend):
     server.reply = _json_reply
-    (cid,) = seed(backend, "ap", CANDIDATE)
-    client = synth.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
-        session="ap",
-        backend=backend,
-        selection=pick(cid),
-        warm=True,
-    )
+    client, cid = _wrapped_async(server, backend, "ap")
     resp = await client.chat.completions.parse(
         model="m", messages=messages(), response_format=_Intent
     )
@@ -230,14 +221,7 @@ def test_stream_helper_error_reaches_the_app_and_records_nothing(server, backend
 
 async def test_async_stream_helper(server, backend):
     server.reply = _json_reply
-    (cid,) = seed(backend, "ast", CANDIDATE)
-    client = synth.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
-        session="ast",
-        backend=backend,
-        selection=pick(cid),
-        warm=True,
-    )
+    client, cid = _wrapped_async(server, backend, "ast")
     async with client.chat.completions.stream(
         model="m", messages=messages(), response_format=_Intent
     ) as stream:
@@ -367,14 +351,7 @@ def test_wrap_rejects_bad_arguments(backend):
 
 async def test_asyncio_run_inside_running_loop_is_not_needed(server, backend):
     # the async wrapper never calls asyncio.run; it simply awaits the real call
-    (cid,) = seed(backend, "loop", CANDIDATE)
-    client = synth.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
-        session="loop",
-        backend=backend,
-        selection=pick(cid),
-        warm=True,
-    )
+    client, _ = _wrapped_async(server, backend, "loop")
     results = await asyncio.gather(
         *[client.chat.completions.create(model="m", messages=messages(str(i))) for i in range(10)]
     )
