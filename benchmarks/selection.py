@@ -48,7 +48,8 @@ choice of leader is recomputed only at each refresh) for a side measurement.
 ``ours (ids)``, information-directed sampling on the routing posterior, and
 ``ours (ids batch)``, its batch variant for the frozen posterior; same pruning
 and naming as ours. ``--guard-alternatives`` also names the alternatives' best
-with our guard (the engine's policy over the evidence their routing gathered),
+with our guard (the engine's pruning and naming over the evidence their routing
+gathered),
 printed as ``[g ...]`` after their own P(correct) and false promotion: which
 routing gathers the evidence a guarded name needs, apart from how it names.
 """
@@ -306,8 +307,11 @@ def run_scenario(
                 else:
                     named = _name_greedy(succ, cnt)
                     if guard_alternatives:
-                        every = np.ones_like(active)  # alternatives archive nothing
-                        guarded, _ = _name_ours(succ, cnt, settings, every)
+                        # the engine's policy on their evidence: its pruning rules, then
+                        # its guarded name (their routing is not changed by either)
+                        kept = np.ones_like(active)
+                        _prune(np.random.default_rng(rng_seed + t), succ, cnt, kept, settings)
+                        guarded, _ = _name_ours(succ, cnt, settings, kept)
                         row["correct_guarded"] = float((guarded == best).mean())
                         worse = mu[rows, guarded] < mu[:, 0]
                         row["false_promotion_guarded"] = float(worse.mean())
