@@ -249,6 +249,39 @@ def test_responses_stream_gets_the_candidate_and_records_the_text(server, backen
     assert "stream me please" in rec["output"]
 
 
+def test_responses_stream_helper_gets_the_candidate_and_records_the_text(server, backend):
+    client, cid = _wrapped(server, backend)
+    with client.responses.stream(
+        model="m", instructions=BASELINE, input="stream helper please"
+    ) as stream:
+        assert synth.rollout_of(stream).candidate_id == cid
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.output_text.delta" in kinds and "stream helper please" in final.output_text
+    assert server.requests[-1]["instructions"] == CANDIDATE
+    with client.responses.stream(model="m", instructions=BASELINE, input="a b c") as stream:
+        for _event in stream:
+            break  # recorded at the end of the block, with what was read
+    synth.flush(5)
+    records = backend.engine.rollout_records("s1")
+    assert len(records) == 2 and all(r["candidate_id"] == cid for r in records)
+    assert any("stream helper please" in (r["output"] or "") for r in records)
+
+
+async def test_async_responses_stream_helper(server, backend):
+    client, cid = _wrapped_async(server, backend, "ars")
+    async with client.responses.stream(
+        model="m", instructions=BASELINE, input="async helper"
+    ) as stream:
+        async for _event in stream:
+            pass
+    assert server.requests[-1]["instructions"] == CANDIDATE
+    assert synth.rollout_of(stream).candidate_id == cid
+    synth.flush(5)
+    (rec,) = backend.engine.rollout_records("ars")
+    assert "async helper" in rec["output"]
+
+
 def test_pass_through_of_other_apis(server, backend):
     client, _ = _wrapped(server, backend)
     models = client.models.list()

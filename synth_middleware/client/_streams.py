@@ -182,7 +182,7 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_call = call
         self._self_resp: Any = None
 
-    def _self_entered(self, resp: Any) -> Any:
+    def _self_entered(self, resp: Any, is_async: bool = False) -> Any:
         from synth_middleware.rollout import attach_rollout
 
         self._self_resp = resp
@@ -215,7 +215,7 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         except BaseException as exc:
             self._self_call.fail(exc)
             raise
-        return self._self_entered(resp)
+        return self._self_entered(resp, is_async=True)
 
     async def __aexit__(self, *exc: Any) -> Any:
         try:
@@ -241,6 +241,26 @@ class EventStreamManager(StreamingResponseManager):
         except Exception:
             snapshot = None
         self._self_call.finish(snapshot, attach=False)
+
+
+class ResponseEventStreamManager(StreamingResponseManager):
+    """Proxy of the manager ``responses.stream()`` returns (sync or async).
+
+    The event stream from ``__enter__`` is wrapped like ``create(stream=True)``'s
+    (:class:`SyncStream` / :class:`AsyncStreamProxy`): it carries the rollout and
+    collects the text deltas the app reads; the rollout is recorded when the
+    events end, or at the latest when the ``with`` block does.
+    """
+
+    def _self_entered(self, resp: Any, is_async: bool = False) -> Any:
+        self._self_resp = (AsyncStreamProxy if is_async else SyncStream)(resp, self._self_call)
+        return self._self_resp
+
+    def _self_exited(self, exc: BaseException | None) -> None:
+        if self._self_resp is not None:
+            self._self_resp._self_finish(exc)  # once: a stream that ended already recorded
+        elif exc is not None:
+            self._self_call.fail(exc)
 
 
 class RawResponse(wrapt.ObjectProxy):  # type: ignore[misc]

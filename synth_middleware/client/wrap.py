@@ -18,6 +18,7 @@ from synth_middleware.client._streams import (
     AsyncStreamProxy,
     EventStreamManager,
     RawResponse,
+    ResponseEventStreamManager,
     StreamingResponseManager,
     SyncStream,
 )
@@ -59,7 +60,8 @@ def wrap(
 
     Intercepted: ``chat.completions.create`` (also ``stream=True``), ``.parse`` and
     ``.stream()``, the ``with_raw_response`` / ``with_streaming_response`` forms of
-    ``create``, and ``responses.create`` / ``.parse``. Everything else passes through.
+    ``create``, and ``responses.create`` / ``.parse`` / ``.stream()``. Everything else
+    passes through.
 
     Args:
         client: the app's client; it keeps working as before and ``isinstance`` holds.
@@ -265,6 +267,12 @@ class _ResponsesProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_create = make(responses.create, cfg, "responses")
         parse = getattr(responses, "parse", None)
         self._self_parse = make(parse, cfg, "responses") if parse is not None else None
+        stream = getattr(responses, "stream", None)
+        self._self_stream = (
+            _managed(stream, cfg, "responses", ResponseEventStreamManager)
+            if stream is not None
+            else None
+        )
 
     @property
     def create(self) -> Any:
@@ -275,6 +283,12 @@ class _ResponsesProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         if self._self_parse is None:
             return self.__wrapped__.parse
         return self._self_parse
+
+    @property
+    def stream(self) -> Any:
+        if self._self_stream is None:
+            return self.__wrapped__.stream
+        return self._self_stream
 
 
 class _MethodsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
