@@ -208,22 +208,20 @@ class _ChatProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_completions
 
 
-class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
-    def __init__(self, completions: Any, cfg: WrapConfig, is_async: bool) -> None:
-        super().__init__(completions)
-        self._self_cfg = cfg
-        self._self_async = is_async
-        self._self_raw: Any = None
-        self._self_streaming: Any = None
+class _ResourceProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A resource (``chat.completions``, ``responses``) whose ``create``, ``parse``
+    (structured outputs, in the SDK since 1.92) and ``stream()`` helper are ours."""
+
+    def __init__(
+        self, resource: Any, cfg: WrapConfig, is_async: bool, api: str, manager: type[Any]
+    ) -> None:
+        super().__init__(resource)
         make = _async_create if is_async else _sync_create
-        self._self_create = make(completions.create, cfg, "chat")
-        # structured outputs (``parse``, in the SDK since 1.92): same call shape as create
-        parse = getattr(completions, "parse", None)
-        self._self_parse = make(parse, cfg, "chat") if parse is not None else None
-        stream = getattr(completions, "stream", None)
-        self._self_stream = (
-            _managed(stream, cfg, "chat", EventStreamManager) if stream is not None else None
-        )
+        self._self_create = make(resource.create, cfg, api)
+        parse = getattr(resource, "parse", None)  # parse: the same call shape as create
+        self._self_parse = make(parse, cfg, api) if parse is not None else None
+        stream = getattr(resource, "stream", None)
+        self._self_stream = _managed(stream, cfg, api, manager) if stream is not None else None
 
     @property
     def create(self) -> Any:
@@ -240,6 +238,15 @@ class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         if self._self_stream is None:
             return self.__wrapped__.stream
         return self._self_stream
+
+
+class _CompletionsProxy(_ResourceProxy):
+    def __init__(self, completions: Any, cfg: WrapConfig, is_async: bool) -> None:
+        super().__init__(completions, cfg, is_async, "chat", EventStreamManager)
+        self._self_cfg = cfg
+        self._self_async = is_async
+        self._self_raw: Any = None
+        self._self_streaming: Any = None
 
     @property
     def with_raw_response(self) -> Any:
@@ -260,35 +267,9 @@ class _CompletionsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_streaming
 
 
-class _ResponsesProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ResponsesProxy(_ResourceProxy):
     def __init__(self, responses: Any, cfg: WrapConfig, is_async: bool) -> None:
-        super().__init__(responses)
-        make = _async_create if is_async else _sync_create
-        self._self_create = make(responses.create, cfg, "responses")
-        parse = getattr(responses, "parse", None)
-        self._self_parse = make(parse, cfg, "responses") if parse is not None else None
-        stream = getattr(responses, "stream", None)
-        self._self_stream = (
-            _managed(stream, cfg, "responses", ResponseEventStreamManager)
-            if stream is not None
-            else None
-        )
-
-    @property
-    def create(self) -> Any:
-        return self._self_create
-
-    @property
-    def parse(self) -> Any:
-        if self._self_parse is None:
-            return self.__wrapped__.parse
-        return self._self_parse
-
-    @property
-    def stream(self) -> Any:
-        if self._self_stream is None:
-            return self.__wrapped__.stream
-        return self._self_stream
+        super().__init__(responses, cfg, is_async, "responses", ResponseEventStreamManager)
 
 
 class _MethodsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
