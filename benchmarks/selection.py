@@ -49,9 +49,9 @@ choice of leader is recomputed only at each refresh) for a side measurement.
 ``ours (ids batch)``, its batch variant for the frozen posterior; same pruning
 and naming as ours. ``--guard-alternatives`` also names the alternatives' best
 with our guard (the engine's pruning and naming over the evidence their routing
-gathered),
-printed as ``[g ...]`` after their own P(correct) and false promotion: which
-routing gathers the evidence a guarded name needs, apart from how it names.
+gathered), printed as ``[g ...]`` after their own P(correct) and false
+promotion: which routing gathers the evidence a guarded name needs, apart from
+how it names.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def _close_backends() -> Iterator[None]:
 
 
 def _reward(i: int, **extra: Any) -> dict[str, Any]:
-    return reward_record(i, SID, **{"value": 1.0, **extra})
+    return reward_record(i, SID, **extra)
 
 
 def _send(rep: RewardReporter, n: int, start: int = 0) -> list[str]:

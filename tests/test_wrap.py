@@ -15,11 +15,11 @@ from helpers import BASELINE, CANDIDATE, messages, pick, seed, wait_until
 import synth_middleware as synth
 
 
-def _wrapped(server, backend, session="s1", **kw):  # type: ignore[no-untyped-def]
+def _wrapped(server, backend, session="s1", client_cls=openai.OpenAI, **kw):  # type: ignore[no-untyped-def]
     (cid,) = seed(backend, session, CANDIDATE)
     kw.setdefault("selection", pick(cid))
     client = synth.wrap(
-        openai.OpenAI(api_key="k", base_url=server.url, max_retries=0),
+        client_cls(api_key="k", base_url=server.url, max_retries=0),
         session=session,
         backend=backend,
         warm=True,
@@ -29,15 +29,7 @@ def _wrapped(server, backend, session="s1", **kw):  # type: ignore[no-untyped-de
 
 
 def _wrapped_async(server, backend, session):  # type: ignore[no-untyped-def]
-    (cid,) = seed(backend, session, CANDIDATE)
-    client = synth.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url=server.url, max_retries=0),
-        session=session,
-        backend=backend,
-        selection=pick(cid),
-        warm=True,
-    )
-    return client, cid
+    return _wrapped(server, backend, session, client_cls=openai.AsyncOpenAI)
 
 
 def test_sync_create_applies_candidate_and_attaches_rollout(server, backend):

@@ -193,7 +193,11 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         if exc is not None:
             self._self_call.fail(exc)
         else:
-            self._self_call.finish(self._self_resp, output=None, attach=False)
+            self._self_call.finish(self._self_result(), attach=False)
+
+    def _self_result(self) -> Any:
+        """What the rollout records as the call's response when the block ends."""
+        return self._self_resp
 
     def __enter__(self) -> Any:
         try:
@@ -232,15 +236,11 @@ class EventStreamManager(StreamingResponseManager):
     of it, or what was read before a ``break``) is recorded and ends the span.
     """
 
-    def _self_exited(self, exc: BaseException | None) -> None:
-        if exc is not None:
-            self._self_call.fail(exc)
-            return
+    def _self_result(self) -> Any:
         try:  # the SDK's running snapshot; it raises before the first chunk
-            snapshot = self._self_resp.current_completion_snapshot
+            return self._self_resp.current_completion_snapshot
         except Exception:
-            snapshot = None
-        self._self_call.finish(snapshot, attach=False)
+            return None
 
 
 class ResponseEventStreamManager(StreamingResponseManager):
