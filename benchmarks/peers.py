@@ -14,6 +14,10 @@ Langfuse's wrapper patch the ``openai`` classes globally):
 * ``langfuse``: ``from langfuse.openai import OpenAI`` with its export pointed
   at a loopback sink (an HTTP server that accepts and discards everything).
 
+Diagnostics, run only when named in ``--only``: ``ours-no-delivery`` (ours with
+a backend whose ``record_rollouts`` does nothing: the request path alone) and
+``ours-1s`` (ours with ``flush_interval=1.0``).
+
 The model server is a ``FakeOpenAIServer`` in its own process. The parent
 drives the workers over pipes in interleaved rounds (round-robin, order rotated
 each round) so machine noise hits every contender alike, and reports medians
@@ -40,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 # distance from "raw" is the noise floor of comparing two processes (memory layout,
 # scheduling), which on a small VM can be several percent.
 CONTENDERS = ("raw", "raw-control", "ours", "openllmetry", "langfuse")
+# diagnostics, only when named in --only (see the module docs)
+DIAGNOSTIC = ("ours-no-delivery", "ours-1s")
 SYSTEM = "You are a support assistant. Classify the customer's request."
 CAND = "You are a banking intent classifier. Answer with one label."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]
@@ -61,13 +67,19 @@ def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
             openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
             None,
         )
-    if kind == "ours":
+    if kind.startswith("ours"):
         import openai
 
         import synth_middleware as synth
         from synth_middleware.backends.local import LocalBackend
 
-        backend = LocalBackend(str(Path(tmp) / "peers.db"))
+        class NoDelivery(LocalBackend):
+            def record_rollouts(self, rollouts: object) -> None:
+                return None
+
+        cls = NoDelivery if kind == "ours-no-delivery" else LocalBackend
+        extra = {"flush_interval": 1.0} if kind == "ours-1s" else {}
+        backend = cls(str(Path(tmp) / "peers.db"))
         for s in ("loop", "mem"):
             backend.ensure_session(s, baseline=SYSTEM)
             backend.add_candidate(s, CAND)
@@ -77,6 +89,7 @@ def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
             backend=backend,
             warm=True,
             ttl=3600,
+            **extra,
         )
         mem = synth.wrap(
             openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
@@ -84,6 +97,7 @@ def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
             backend=backend,
             warm=True,
             ttl=3600,
+            **extra,
         )
         return loop, mem, backend
     if kind == "openllmetry":
@@ -152,7 +166,7 @@ def worker(kind: str, url: str) -> None:
                 keep.clear()  # type: ignore[union-attr]  # bounded memory
             out.write(json.dumps({"s": dt, "cpu": dc}) + "\n")
             out.flush()
-        if kind == "ours":
+        if kind.startswith("ours"):
             import synth_middleware as synth
 
             synth.flush(10)
@@ -167,7 +181,7 @@ def _self_check(kind: str, loop: object, keep: object) -> str:
     if kind == "openllmetry":
         spans = keep.get_finished_spans()  # type: ignore[attr-defined]
         return f"{len(spans)} spans exported in memory"
-    if kind == "ours":
+    if kind.startswith("ours"):
         resp = loop.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[attr-defined]
         return f"candidate served: {getattr(resp, 'synth', None) is not None}"
     if kind == "langfuse":
@@ -306,6 +320,9 @@ def main() -> None:
     from _common import machine
 
     only = [k for k in args.only.split(",") if k]
+    unknown = [k for k in only if k not in CONTENDERS + DIAGNOSTIC]
+    if unknown:
+        ap.error(f"unknown contender(s) {', '.join(unknown)}")
     res = run(args.calls, args.rounds, args.mem_calls, only, args.procs)
     raw = res.get("raw", {})
     raw_loop = statistics.median(raw["loop"]) if raw.get("loop") else float("nan")

@@ -314,3 +314,71 @@ def test_backend_errors_from_record_rewards_are_transient_by_default(wire, make_
     assert rep.flush(5)
     _exactly_once(wire, keys)
     assert rep.stats().retried == 2
+
+
+def _rollout(i: int) -> dict[str, Any]:
+    return {
+        "session_id": SID,
+        "rollout_id": f"ro-gather-{i}-{time.monotonic_ns()}",
+        "candidate_id": None,
+        "created_at": time.time(),
+        "input": [{"role": "user", "content": f"question {i}"}],
+        "output": f"answer {i}",
+    }
+
+
+def _rollout_posts(wire: WireServer) -> int:
+    return sum(1 for p in wire.paths() if p.startswith("POST /api/v1/rollouts/batch"))
+
+
+def test_rollouts_gather_longer_than_rewards(wire, make_reporter, monkeypatch):
+    """Rollout records alone wait for ROLLOUT_GATHER (bigger, cheaper batches); a reward
+    cuts that short and goes within flush_interval, after the rollouts queued before it
+    (so it finds its rollout stored with the trace, not created bare)."""
+    from synth_middleware.client import reporter as reporter_module
+
+    monkeypatch.setattr(reporter_module, "ROLLOUT_GATHER", 30.0)
+    rep = make_reporter(HttpBackend(wire.url, timeout=2.0), interval=0.05, batch_size=500)
+    assert rep.rollout_interval == 30.0
+    rollouts = [_rollout(i) for i in range(20)]
+    for r in rollouts[:10]:
+        assert rep.add_rollout(r)
+        time.sleep(0.02)
+    time.sleep(0.5)  # ten flush intervals: rewards would have gone by now
+    assert _rollout_posts(wire) == 0
+    assert rep.stats().queued == 10
+    for r in rollouts[10:]:
+        assert rep.add_rollout(r)
+    rec = reward_record(0, SID, value=1.0, rollout_id=rollouts[3]["rollout_id"])
+    assert rep.add_reward(rec)
+    assert wait_until(lambda: wire.reward_keys(SID) == [rec["idempotency_key"]], 10)
+    assert rep.stats().queued == 0
+    # one batch for all twenty rollouts, and it went first: the reward's rollout has
+    # its trace (a reward arriving first would have created it without one)
+    assert _rollout_posts(wire) == 1
+    posts = [p for p in wire.paths() if p.startswith("POST")]
+    assert posts[0].startswith("POST /api/v1/rollouts/batch")
+    ev = [e for e in wire.engine.iter_events(SID) if e.type == "rollout"]
+    assert len(ev) == 20
+    assert not any(e.payload.get("supplement") for e in ev)
+
+
+def test_flush_sends_gathering_rollouts_at_once(wire, make_reporter, monkeypatch):
+    from synth_middleware.client import reporter as reporter_module
+
+    monkeypatch.setattr(reporter_module, "ROLLOUT_GATHER", 30.0)
+    rep = make_reporter(HttpBackend(wire.url, timeout=2.0), interval=0.05, batch_size=500)
+    for i in range(5):
+        assert rep.add_rollout(_rollout(i))
+    t0 = time.monotonic()
+    assert rep.flush(10)
+    assert time.monotonic() - t0 < 10
+    assert _rollout_posts(wire) == 1
+    assert len([e for e in wire.engine.iter_events(SID) if e.type == "rollout"]) == 5
+
+
+def test_rollout_interval_is_never_shorter_than_flush_interval(wire, make_reporter):
+    rep = make_reporter(HttpBackend(wire.url), interval=0.05)
+    assert rep.rollout_interval == 1.0
+    rep.flush_interval = 5.0
+    assert rep.rollout_interval == 5.0

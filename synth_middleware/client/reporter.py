@@ -30,6 +30,13 @@ before it exists. When delivery gives up, the rows stay in the outbox and are
 tried again ``max_backoff`` seconds later (counted as ``deferred``); when the
 memory queue is full they spill to the outbox instead of being dropped.
 
+Rollout records, which nothing waits for, gather longer: while only rollouts
+are queued the worker wakes every ``ROLLOUT_GATHER`` seconds (or
+``flush_interval`` if longer), so it sends bigger batches (cheaper per record,
+most of a write's cost is per transaction) and competes for the app's GIL
+less often. A reward arriving cuts that short; it goes, with every rollout
+queued before it, within ``flush_interval``. ``flush()`` sends everything now.
+
 Fork safety: a child process starts with empty queues and gets workers of its
 own on first use; what the parent had queued stays with the parent, so
 nothing is sent twice.
@@ -64,6 +71,8 @@ _CHECK_PID = not hasattr(os, "register_at_fork")  # else the at-fork hook resets
 _SPLIT_STATUSES = (400, 413, 422)
 _STATUSES = ("accepted", "duplicate", "rejected")  # a batch refused as malformed: find the bad item
 _WRITE_CHUNK = 5000
+ROLLOUT_GATHER = 1.0
+"""Seconds rollout records may gather while no reward is queued (see the module docs)."""
 _Item = tuple[str, Any, "int | None"]  # (kind, record, outbox row id)
 
 
@@ -171,6 +180,12 @@ class RewardReporter:
         self.interval = float(value)
 
     @property
+    def rollout_interval(self) -> float:
+        """Seconds rollout records gather while no reward is queued:
+        ``ROLLOUT_GATHER`` or ``flush_interval``, whichever is longer."""
+        return max(self.interval, ROLLOUT_GATHER)
+
+    @property
     def outbox(self) -> Outbox | None:
         """The durable outbox, if any."""
         return self._outbox
@@ -192,6 +207,8 @@ class RewardReporter:
         self._writer: threading.Thread | None = None
         self._writer_awake = False
         self._last_send = 0.0
+        self._first_at = 0.0  # when the queue last went from empty to not empty
+        self._rewards_queued = False  # a reward waits in _queue: send within ``interval``
         self._flushing = 0  # flush() calls waiting: deferred outbox rows are wanted now
         self._pid = os.getpid()
         self._closed = False
@@ -256,6 +273,7 @@ class RewardReporter:
                 self._backlog = waiting
                 self._cond.notify_all()
         if rows:
+            self._rewards_queued = True
             self._wake.set()
         return len(rows)
 
@@ -289,12 +307,22 @@ class RewardReporter:
         q = self._queue
         if len(q) >= self.max_queue:
             return self._drop(item)
+        if not q:  # rollouts gather from the first one queued, not from the last send
+            self._first_at = time.monotonic()
         q.append((kind, item, None))
         if self._thread is None:
             self._ensure_threads()
         elif len(q) == self.batch_size:  # a full batch: no need to let it gather
             self._wake.set()
+        if kind == "reward" and not self._rewards_queued:
+            self._rewards_arrived()
         return True
+
+    def _rewards_arrived(self) -> None:
+        # The worker may be gathering rollouts for up to a second: rewards go sooner.
+        # Once per batch, not per reward (the flag stays set until the worker sends).
+        self._rewards_queued = True
+        self._wake.set()
 
     def _put_durable(self, item: Any) -> bool:
         ob = self._outbox
@@ -320,6 +348,8 @@ class RewardReporter:
             self._ensure_threads()
         if len(q) >= self.batch_size:
             self._wake.set()
+        if not self._rewards_queued:
+            self._rewards_arrived()
         return True
 
     def _drop(self, item: Any) -> bool:
@@ -426,6 +456,8 @@ class RewardReporter:
             self._outbox_failed(len(batch), error)
         for rec in unstored:  # full queue and not storable: a counted drop
             self._drop(rec)
+        if not full and batch and not self._rewards_queued:
+            self._rewards_arrived()
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -455,17 +487,25 @@ class RewardReporter:
         q = self._queue
         while not self._closed:
             if not q:
-                self._wake.wait(self.interval)
+                self._wake.wait(self.rollout_interval)
                 self._wake.clear()
                 continue
             if len(q) < self.batch_size and not self._wake.is_set():
-                # at most one partial batch per interval: let it gather (flush() cuts it short)
-                left = self._last_send + self.interval - time.monotonic()
+                # at most one partial batch per interval: let it gather (a reward,
+                # a full batch or flush() cuts it short by setting _wake)
+                if self._rewards_queued:
+                    left = self._last_send + self.interval - time.monotonic()
+                else:
+                    since = max(self._last_send, self._first_at)
+                    left = since + self.rollout_interval - time.monotonic()
                 if left > 0:
                     self._wake.wait(left)
             self._wake.clear()
             self._last_send = time.monotonic()
             with self._cond:  # pop and mark in flight atomically for flush()
+                if len(q) <= self.batch_size:
+                    # everything queued goes now; a reward put after this line sets it again
+                    self._rewards_queued = False
                 batch = [q.popleft() for _ in range(min(len(q), self.batch_size))]
                 self._inflight = len(batch)
             try:

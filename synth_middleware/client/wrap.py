@@ -82,7 +82,8 @@ def wrap(
             at start-up); default ``SYNTH_OUTBOX``; ``False`` turns it off.
         batch_size: most rewards per backend call (default 500).
         flush_interval: seconds rewards may gather before a partial batch is
-            sent (default 0.05).
+            sent (default 0.05). Rollout records alone gather for a second (or
+            this, if longer); a reward takes the ones queued before it along.
         max_queue: rewards held in memory before new ones are dropped (counted)
             or, with an outbox, spilled to it (default 100,000).
 
