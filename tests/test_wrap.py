@@ -113,6 +113,75 @@ def test_raw_and_streaming_response(server, backend):
     assert server.system_prompts() == [CANDIDATE, CANDIDATE]
 
 
+def test_raw_response_records_the_output_and_parse_forms_are_wrapped(server, backend):
+    server.reply = _json_reply
+    client, cid = _wrapped(server, backend)
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=messages("q1"))
+    assert synth.rollout_of(raw.parse()).candidate_id == cid
+    raw = client.chat.completions.with_raw_response.parse(
+        model="m", messages=messages("q2"), response_format=_Intent
+    )
+    parsed = raw.parse()
+    assert parsed.choices[0].message.parsed == _Intent(label="card_lost", confidence=0.9)
+    assert synth.rollout_of(parsed).candidate_id == cid
+    with client.chat.completions.with_streaming_response.parse(
+        model="m", messages=messages("q3"), response_format=_Intent
+    ) as resp:
+        assert synth.rollout_of(resp).candidate_id == cid
+        assert resp.parse().choices[0].message.parsed.label == "card_lost"
+    raw = client.chat.completions.with_raw_response.create(
+        model="m", messages=messages("q4"), stream=True
+    )
+    assert [c for c in raw.parse() if c.choices]  # the stream is the app's to read
+    assert server.system_prompts() == [CANDIDATE] * 4
+    synth.flush(5)
+    records = backend.engine.rollout_records("s1")
+    assert len(records) == 4 and all(r["candidate_id"] == cid for r in records)
+    # the raw forms' outputs are in the trace (read from the parsed body)
+    by_input = {r["input"][0]["content"]: r for r in records}
+    assert json.loads(by_input["q1"]["output"])["label"] == "card_lost"
+    assert json.loads(by_input["q2"]["output"])["label"] == "card_lost"
+
+
+def test_responses_raw_and_streaming_forms_get_the_candidate(server, backend):
+    client, cid = _wrapped(server, backend)
+    raw = client.responses.with_raw_response.create(
+        model="m", instructions=BASELINE, input="where is my card"
+    )
+    assert server.requests[-1]["instructions"] == CANDIDATE
+    resp = raw.parse()
+    assert synth.rollout_of(resp).candidate_id == cid and isinstance(resp.output_text, str)
+    with client.responses.with_streaming_response.create(
+        model="m", instructions=BASELINE, input="card stolen"
+    ) as streamed:
+        assert synth.rollout_of(streamed).candidate_id == cid
+        streamed.read()
+    assert server.requests[-1]["instructions"] == CANDIDATE
+    synth.flush(5)
+    records = backend.engine.rollout_records("s1")
+    assert len(records) == 2 and all(r["candidate_id"] == cid for r in records)
+    assert any(r["output"] == resp.output_text for r in records)
+
+
+async def test_async_raw_forms_of_parse_and_responses(server, backend):
+    server.reply = _json_reply
+    client, cid = _wrapped_async(server, backend, "araw")
+    raw = await client.chat.completions.with_raw_response.parse(
+        model="m", messages=messages(), response_format=_Intent
+    )
+    assert raw.parse().choices[0].message.parsed.label == "card_lost"
+    raw = await client.responses.with_raw_response.create(
+        model="m", instructions=BASELINE, input="hi"
+    )
+    assert synth.rollout_of(raw.parse()).candidate_id == cid
+    async with client.responses.with_streaming_response.create(
+        model="m", instructions=BASELINE, input="hi"
+    ) as streamed:
+        assert synth.rollout_of(streamed).candidate_id == cid
+    assert server.system_prompts()[:1] == [CANDIDATE]
+    assert [r.get("instructions") for r in server.requests[1:]] == [CANDIDATE, CANDIDATE]
+
+
 def test_with_options_and_copy_stay_wrapped(server, backend):
     client, cid = _wrapped(server, backend)
     c2 = client.with_options(timeout=5.0)

@@ -161,6 +161,18 @@ class Call:
         except Exception:
             _internal_error()
 
+    def finish_raw(self, raw: Any) -> None:
+        """The call succeeded with a raw (``with_raw_response``) response: record the
+        output from the parsed body (the SDK caches the parse, so the app's own
+        ``parse()`` costs nothing more); a stream's body is left for the app."""
+        output = None
+        if self.cfg.send_traces and self.kwargs.get("stream") is not True:
+            try:
+                output = _output_text(raw.parse())
+            except Exception:  # the app sees the body's problem when it parses
+                output = None
+        self.finish(raw, output=output, attach=False)
+
     def fail(self, error: BaseException) -> None:
         """The model call raised: end the span with the error; nothing is recorded."""
         try:

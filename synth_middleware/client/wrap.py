@@ -58,10 +58,10 @@ def wrap(
 ) -> ClientT:
     """Wrap an ``OpenAI``/``AsyncOpenAI``/``AzureOpenAI`` client for one prompt (session).
 
-    Intercepted: ``chat.completions.create`` (also ``stream=True``), ``.parse`` and
-    ``.stream()``, the ``with_raw_response`` / ``with_streaming_response`` forms of
-    ``create``, and ``responses.create`` / ``.parse`` / ``.stream()``. Everything else
-    passes through.
+    Intercepted: ``create`` (also ``stream=True``), ``parse`` and ``stream()`` of
+    ``chat.completions`` and of ``responses``, and the ``with_raw_response`` /
+    ``with_streaming_response`` forms of their ``create`` and ``parse``. Everything
+    else passes through.
 
     Args:
         client: the app's client; it keeps working as before and ``isinstance`` holds.
@@ -211,18 +211,25 @@ class _ChatProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
 class _ResourceProxy(wrapt.ObjectProxy):  # type: ignore[misc]
     """A resource (``chat.completions``, ``responses``) whose ``create``, ``parse``
-    (structured outputs, in the SDK since 1.92) and ``stream()`` helper are ours."""
+    (structured outputs, in the SDK since 1.92) and ``stream()`` helper are ours,
+    and so are ``create`` and ``parse`` of its ``with_raw_response`` and
+    ``with_streaming_response`` forms."""
 
     def __init__(
         self, resource: Any, cfg: WrapConfig, is_async: bool, api: str, manager: type[Any]
     ) -> None:
         super().__init__(resource)
+        self._self_cfg = cfg
+        self._self_async = is_async
+        self._self_api = api
         make = _async_create if is_async else _sync_create
         self._self_create = make(resource.create, cfg, api)
         parse = getattr(resource, "parse", None)  # parse: the same call shape as create
         self._self_parse = make(parse, cfg, api) if parse is not None else None
         stream = getattr(resource, "stream", None)
         self._self_stream = _managed(stream, cfg, api, manager) if stream is not None else None
+        self._self_raw: Any = None
+        self._self_streaming: Any = None
 
     @property
     def create(self) -> Any:
@@ -240,32 +247,40 @@ class _ResourceProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             return self.__wrapped__.stream
         return self._self_stream
 
-
-class _CompletionsProxy(_ResourceProxy):
-    def __init__(self, completions: Any, cfg: WrapConfig, is_async: bool) -> None:
-        super().__init__(completions, cfg, is_async, "chat", EventStreamManager)
-        self._self_cfg = cfg
-        self._self_async = is_async
-        self._self_raw: Any = None
-        self._self_streaming: Any = None
-
     @property
     def with_raw_response(self) -> Any:
         if self._self_raw is None:
             real = self.__wrapped__.with_raw_response
             make = _async_raw if self._self_async else _sync_raw
-            self._self_raw = _MethodsProxy(real, create=make(real.create, self._self_cfg, "chat"))
+            cfg, api = self._self_cfg, self._self_api
+            self._self_raw = _MethodsProxy(
+                real, {name: make(fn, cfg, api) for name, fn in _create_and_parse(real)}
+            )
         return self._self_raw
 
     @property
     def with_streaming_response(self) -> Any:
         if self._self_streaming is None:
             real = self.__wrapped__.with_streaming_response
+            cfg, api = self._self_cfg, self._self_api
             self._self_streaming = _MethodsProxy(
                 real,
-                create=_managed(real.create, self._self_cfg, "chat", StreamingResponseManager),
+                {
+                    name: _managed(fn, cfg, api, StreamingResponseManager)
+                    for name, fn in _create_and_parse(real)
+                },
             )
         return self._self_streaming
+
+
+def _create_and_parse(resource: Any) -> list[tuple[str, Any]]:
+    """The ``create`` and (where the SDK has it) ``parse`` methods of ``resource``."""
+    return [(n, fn) for n in ("create", "parse") if (fn := getattr(resource, n, None)) is not None]
+
+
+class _CompletionsProxy(_ResourceProxy):
+    def __init__(self, completions: Any, cfg: WrapConfig, is_async: bool) -> None:
+        super().__init__(completions, cfg, is_async, "chat", EventStreamManager)
 
 
 class _ResponsesProxy(_ResourceProxy):
@@ -274,15 +289,19 @@ class _ResponsesProxy(_ResourceProxy):
 
 
 class _MethodsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
-    """A resource proxy whose ``create`` is ours; everything else passes through."""
+    """A resource proxy whose ``create`` and ``parse`` are ours; the rest passes through."""
 
-    def __init__(self, resource: Any, *, create: Any) -> None:
+    def __init__(self, resource: Any, methods: dict[str, Any]) -> None:
         super().__init__(resource)
-        self._self_create = create
+        self._self_methods = methods
 
     @property
     def create(self) -> Any:
-        return self._self_create
+        return self._self_methods.get("create") or self.__wrapped__.create
+
+    @property
+    def parse(self) -> Any:
+        return self._self_methods.get("parse") or self.__wrapped__.parse
 
 
 # --------------------------------------------------------------------- calls
@@ -330,7 +349,7 @@ def _sync_raw(real: Any, cfg: WrapConfig, api: str) -> Any:
         except BaseException as exc:
             call.fail(exc)
             raise
-        call.finish(raw, output=None, attach=False)
+        call.finish_raw(raw)
         return RawResponse(raw, call)
 
     return create
@@ -344,7 +363,7 @@ def _async_raw(real: Any, cfg: WrapConfig, api: str) -> Any:
         except BaseException as exc:
             call.fail(exc)
             raise
-        call.finish(raw, output=None, attach=False)
+        call.finish_raw(raw)
         return RawResponse(raw, call)
 
     return create
