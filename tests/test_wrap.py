@@ -329,6 +329,30 @@ def test_responses_stream_helper_gets_the_candidate_and_records_the_text(server,
     assert any("stream helper please" in (r["output"] or "") for r in records)
 
 
+def test_responses_stream_helper_final_response_without_iterating(server, backend):
+    client, cid = _wrapped(server, backend)
+    with client.responses.stream(model="m", instructions=BASELINE, input="only final") as stream:
+        final = stream.get_final_response()
+    assert "only final" in final.output_text
+    with client.responses.stream(model="m", instructions=BASELINE, input="until done") as stream:
+        assert stream.until_done() is stream
+    synth.flush(5)
+    records = backend.engine.rollout_records("s1")
+    assert len(records) == 2 and all(r["candidate_id"] == cid for r in records)
+    outputs = [r["output"] or "" for r in records]
+    assert final.output_text in outputs and any("until done" in o for o in outputs)
+
+
+async def test_async_responses_stream_helper_final_response(server, backend):
+    client, cid = _wrapped_async(server, backend, "arf")
+    async with client.responses.stream(model="m", instructions=BASELINE, input="fin") as stream:
+        final = await stream.get_final_response()
+    assert synth.rollout_of(stream).candidate_id == cid
+    synth.flush(5)
+    (rec,) = backend.engine.rollout_records("arf")
+    assert rec["output"] == final.output_text and "fin" in rec["output"]
+
+
 async def test_async_responses_stream_helper(server, backend):
     client, cid = _wrapped_async(server, backend, "ars")
     async with client.responses.stream(

@@ -243,6 +243,38 @@ class EventStreamManager(StreamingResponseManager):
             return None
 
 
+class ResponseEventStream(SyncStream):
+    """The event stream of ``responses.stream()``: its ``until_done()`` and
+    ``get_final_response()`` read the remaining events through this proxy, so the
+    rollout records the text even when the app never iterates."""
+
+    def until_done(self) -> ResponseEventStream:
+        """Read the stream to its end (as the SDK's ``until_done``)."""
+        for _event in self:
+            pass
+        return self
+
+    def get_final_response(self) -> Any:
+        """The completed response (as the SDK's), after reading every event here."""
+        self.until_done()
+        return self.__wrapped__.get_final_response()
+
+
+class AsyncResponseEventStream(AsyncStreamProxy):
+    """Async twin of :class:`ResponseEventStream`."""
+
+    async def until_done(self) -> AsyncResponseEventStream:
+        """Read the stream to its end (as the SDK's ``until_done``)."""
+        async for _event in self:
+            pass
+        return self
+
+    async def get_final_response(self) -> Any:
+        """The completed response (as the SDK's), after reading every event here."""
+        await self.until_done()
+        return await self.__wrapped__.get_final_response()
+
+
 class ResponseEventStreamManager(StreamingResponseManager):
     """Proxy of the manager ``responses.stream()`` returns (sync or async).
 
@@ -253,7 +285,8 @@ class ResponseEventStreamManager(StreamingResponseManager):
     """
 
     def _self_entered(self, resp: Any, is_async: bool = False) -> Any:
-        self._self_resp = (AsyncStreamProxy if is_async else SyncStream)(resp, self._self_call)
+        cls = AsyncResponseEventStream if is_async else ResponseEventStream
+        self._self_resp = cls(resp, self._self_call)
         return self._self_resp
 
     def _self_exited(self, exc: BaseException | None) -> None:
