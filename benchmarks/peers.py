@@ -353,6 +353,22 @@ def main() -> None:
             f" | {mm * 1e6:.1f} | {added[len(added) // 2]:+.1f} | {cpu[len(cpu) // 2]:+.1f}"
             f" | {r['info']} |"
         )
+    ctl = res.get("raw-control", {})
+    if ctl.get("loop") and raw.get("loop"):
+        # raw and raw-control are the same code: pooled, they are the steadier baseline
+        pooled = [(a + b) / 2 for a, b in zip(raw["loop"], ctl["loop"], strict=True)]
+        base = statistics.median(pooled)
+        print()
+        print("ratio of the loopback median to raw and raw-control pooled (paired):")
+        for kind in only:
+            r = res[kind]
+            if "error" in r or kind in ("raw", "raw-control"):
+                continue
+            ratios = sorted(a / b for a, b in zip(r["loop"], pooled, strict=True))
+            print(
+                f"  {kind}: {statistics.median(r['loop']) / base:.3f} "
+                f"({ratios[len(ratios) // 2]:.3f})"
+            )
     print()
     print(
         f"langfuse sink received {res['_sink']['hits']} export requests; raw in-memory "
