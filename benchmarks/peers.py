@@ -16,7 +16,8 @@ Langfuse's wrapper patch the ``openai`` classes globally):
 
 Diagnostics, run only when named in ``--only``: ``ours-no-delivery`` (ours with
 a backend whose ``record_rollouts`` does nothing: the request path alone) and
-``ours-1s`` (ours with ``flush_interval=1.0``).
+``ours-rollouts-50ms`` (ours with rollout records sent every 50 ms, as
+rewards are, instead of gathering for ``ROLLOUT_GATHER``).
 
 The model server is a ``FakeOpenAIServer`` in its own process. The parent
 drives the workers over pipes in interleaved rounds (round-robin, order rotated
@@ -45,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 # scheduling), which on a small VM can be several percent.
 CONTENDERS = ("raw", "raw-control", "ours", "openllmetry", "langfuse")
 # diagnostics, only when named in --only (see the module docs)
-DIAGNOSTIC = ("ours-no-delivery", "ours-1s")
+DIAGNOSTIC = ("ours-no-delivery", "ours-rollouts-50ms")
 SYSTEM = "You are a support assistant. Classify the customer's request."
 CAND = "You are a banking intent classifier. Answer with one label."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]
@@ -78,7 +79,10 @@ def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
                 return None
 
         cls = NoDelivery if kind == "ours-no-delivery" else LocalBackend
-        extra = {"flush_interval": 1.0} if kind == "ours-1s" else {}
+        if kind == "ours-rollouts-50ms":
+            from synth_middleware.client import reporter
+
+            reporter.ROLLOUT_GATHER = 0.05
         backend = cls(str(Path(tmp) / "peers.db"))
         for s in ("loop", "mem"):
             backend.ensure_session(s, baseline=SYSTEM)
@@ -89,7 +93,6 @@ def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
             backend=backend,
             warm=True,
             ttl=3600,
-            **extra,
         )
         mem = synth.wrap(
             openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
@@ -97,7 +100,6 @@ def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
             backend=backend,
             warm=True,
             ttl=3600,
-            **extra,
         )
         return loop, mem, backend
     if kind == "openllmetry":
