@@ -156,11 +156,18 @@ def test_responses_raw_and_streaming_forms_get_the_candidate(server, backend):
     ) as streamed:
         assert synth.rollout_of(streamed).candidate_id == cid
         streamed.read()
+    with client.responses.with_streaming_response.create(
+        model="m", instructions=BASELINE, input="never read"
+    ) as unread:
+        assert synth.rollout_of(unread).candidate_id == cid
     assert server.requests[-1]["instructions"] == CANDIDATE
     synth.flush(5)
     records = backend.engine.rollout_records("s1")
-    assert len(records) == 2 and all(r["candidate_id"] == cid for r in records)
-    assert any(r["output"] == resp.output_text for r in records)
+    assert len(records) == 3 and all(r["candidate_id"] == cid for r in records)
+    by_input = {r["input"]: r["output"] for r in records}
+    assert by_input["where is my card"] == resp.output_text
+    assert "card stolen" in by_input["card stolen"]  # the body the app read
+    assert by_input["never read"] is None  # never read on the app's behalf
 
 
 async def test_async_raw_forms_of_parse_and_responses(server, backend):
@@ -175,11 +182,21 @@ async def test_async_raw_forms_of_parse_and_responses(server, backend):
     )
     assert synth.rollout_of(raw.parse()).candidate_id == cid
     async with client.responses.with_streaming_response.create(
-        model="m", instructions=BASELINE, input="hi"
+        model="m", instructions=BASELINE, input="read async"
     ) as streamed:
         assert synth.rollout_of(streamed).candidate_id == cid
+        await streamed.read()
     assert server.system_prompts()[:1] == [CANDIDATE]
     assert [r.get("instructions") for r in server.requests[1:]] == [CANDIDATE, CANDIDATE]
+    synth.flush(5)
+    outputs = {
+        r["input"]: r["output"]
+        for r in backend.engine.rollout_records("araw")
+        if isinstance(r["input"], str)  # the Responses calls (chat inputs are lists)
+    }
+    # the body the app read, parsed on exit (the model answers JSON here)
+    assert json.loads(outputs["read async"])["label"] == "card_lost"
+    assert json.loads(outputs["hi"])["label"] == "card_lost"  # the raw form's body
 
 
 def test_with_options_and_copy_stay_wrapped(server, backend):

@@ -5,6 +5,7 @@ async, raw, streaming and Responses paths so they cannot drift apart.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -165,13 +166,38 @@ class Call:
         """The call succeeded with a raw (``with_raw_response``) response: record the
         output from the parsed body (the SDK caches the parse, so the app's own
         ``parse()`` costs nothing more); a stream's body is left for the app."""
-        output = None
-        if self.cfg.send_traces and self.kwargs.get("stream") is not True:
-            try:
-                output = _output_text(raw.parse())
-            except Exception:  # the app sees the body's problem when it parses
-                output = None
-        self.finish(raw, output=output, attach=False)
+        self.finish(raw, output=self.body_output(raw), attach=False)
+
+    def body_output(self, resp: Any, *, if_read: bool = False) -> str | None:
+        """The output text of an SDK API response's body, for the trace. ``if_read``:
+        only when the app already read the body (a streamed response is never read
+        here). ``None`` without traces, for ``stream=True`` or an unparsable body."""
+        if not self._body_wanted(resp, if_read) or inspect.iscoroutinefunction(resp.parse):
+            return None
+        try:
+            return _output_text(resp.parse())
+        except Exception:  # the app sees the body's problem when it parses
+            return None
+
+    async def abody_output(self, resp: Any, *, if_read: bool = False) -> str | None:
+        """:meth:`body_output` for the async client's responses."""
+        if not self._body_wanted(resp, if_read):
+            return None
+        try:
+            parsed = resp.parse()
+            if inspect.isawaitable(parsed):
+                parsed = await parsed
+            return _output_text(parsed)
+        except Exception:
+            return None
+
+    def _body_wanted(self, resp: Any, if_read: bool) -> bool:
+        if not self.cfg.send_traces or self.kwargs.get("stream") is True:
+            return False
+        if if_read:  # never read a body the app did not: it may be large, or unwanted
+            http = getattr(resp, "http_response", None)
+            return bool(getattr(http, "is_stream_consumed", False))
+        return callable(getattr(resp, "parse", None))
 
     def fail(self, error: BaseException) -> None:
         """The model call raised: end the span with the error; nothing is recorded."""

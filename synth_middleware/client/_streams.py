@@ -181,6 +181,7 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         super().__init__(manager)
         self._self_call = call
         self._self_resp: Any = None
+        self._self_aoutput: str | None = None
 
     def _self_entered(self, resp: Any, is_async: bool = False) -> Any:
         from synth_middleware.rollout import attach_rollout
@@ -193,11 +194,19 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         if exc is not None:
             self._self_call.fail(exc)
         else:
-            self._self_call.finish(self._self_result(), attach=False)
+            self._self_call.finish(self._self_result(), output=self._self_output(), attach=False)
 
     def _self_result(self) -> Any:
         """What the rollout records as the call's response when the block ends."""
         return self._self_resp
+
+    def _self_output(self) -> Any:
+        """The output text for the trace: from the body, if the app read it."""
+        if self._self_resp is None:
+            return None
+        if self._self_aoutput is not None:  # the async exit parsed it already
+            return self._self_aoutput
+        return self._self_call.body_output(self._self_resp, if_read=True)
 
     def __enter__(self) -> Any:
         try:
@@ -222,10 +231,14 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_entered(resp, is_async=True)
 
     async def __aexit__(self, *exc: Any) -> Any:
+        error = exc[1] if len(exc) > 1 else None
         try:
             return await self.__wrapped__.__aexit__(*exc)
         finally:
-            self._self_exited(exc[1] if len(exc) > 1 else None)
+            if error is None and self._self_resp is not None:
+                resp, call = self._self_resp, self._self_call
+                self._self_aoutput = await call.abody_output(resp, if_read=True)
+            self._self_exited(error)
 
 
 class EventStreamManager(StreamingResponseManager):
@@ -241,6 +254,9 @@ class EventStreamManager(StreamingResponseManager):
             return self._self_resp.current_completion_snapshot
         except Exception:
             return None
+
+    def _self_output(self) -> Any:
+        return None  # the rollout reads it from the snapshot
 
 
 class ResponseEventStream(SyncStream):
