@@ -172,32 +172,37 @@ class Call:
         """The output text of an SDK API response's body, for the trace. ``if_read``:
         only when the app already read the body (a streamed response is never read
         here). ``None`` without traces, for ``stream=True`` or an unparsable body."""
-        if not self._body_wanted(resp, if_read) or inspect.iscoroutinefunction(resp.parse):
+        parse = self._body_parser(resp, if_read)
+        if parse is None or inspect.iscoroutinefunction(parse):  # async: abody_output
             return None
         try:
-            return _output_text(resp.parse())
+            return _output_text(parse())
         except Exception:  # the app sees the body's problem when it parses
             return None
 
     async def abody_output(self, resp: Any, *, if_read: bool = False) -> str | None:
         """:meth:`body_output` for the async client's responses."""
-        if not self._body_wanted(resp, if_read):
+        parse = self._body_parser(resp, if_read)
+        if parse is None:
             return None
         try:
-            parsed = resp.parse()
+            parsed = parse()
             if inspect.isawaitable(parsed):
                 parsed = await parsed
             return _output_text(parsed)
         except Exception:
             return None
 
-    def _body_wanted(self, resp: Any, if_read: bool) -> bool:
+    def _body_parser(self, resp: Any, if_read: bool) -> Any:
+        """``resp.parse`` when its body may be parsed for the trace, else ``None``."""
         if not self.cfg.send_traces or self.kwargs.get("stream") is True:
-            return False
+            return None
         if if_read:  # never read a body the app did not: it may be large, or unwanted
             http = getattr(resp, "http_response", None)
-            return bool(getattr(http, "is_stream_consumed", False))
-        return callable(getattr(resp, "parse", None))
+            if not getattr(http, "is_stream_consumed", False):
+                return None
+        parse = getattr(resp, "parse", None)
+        return parse if callable(parse) else None
 
     def fail(self, error: BaseException) -> None:
         """The model call raised: end the span with the error; nothing is recorded."""

@@ -200,9 +200,11 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         """What the rollout records as the call's response when the block ends."""
         return self._self_resp
 
+    _self_body_output = True  # the trace's output comes from the body the app read
+
     def _self_output(self) -> Any:
         """The output text for the trace: from the body, if the app read it."""
-        if self._self_resp is None:
+        if self._self_resp is None or not self._self_body_output:
             return None
         if self._self_aoutput is not None:  # the async exit parsed it already
             return self._self_aoutput
@@ -235,7 +237,7 @@ class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
         try:
             return await self.__wrapped__.__aexit__(*exc)
         finally:
-            if error is None and self._self_resp is not None:
+            if error is None and self._self_resp is not None and self._self_body_output:
                 resp, call = self._self_resp, self._self_call
                 self._self_aoutput = await call.abody_output(resp, if_read=True)
             self._self_exited(error)
@@ -249,14 +251,13 @@ class EventStreamManager(StreamingResponseManager):
     of it, or what was read before a ``break``) is recorded and ends the span.
     """
 
+    _self_body_output = False  # the rollout reads the output from the snapshot
+
     def _self_result(self) -> Any:
         try:  # the SDK's running snapshot; it raises before the first chunk
             return self._self_resp.current_completion_snapshot
         except Exception:
             return None
-
-    def _self_output(self) -> Any:
-        return None  # the rollout reads it from the snapshot
 
 
 class ResponseEventStream(SyncStream):
@@ -299,6 +300,8 @@ class ResponseEventStreamManager(StreamingResponseManager):
     collects the text deltas the app reads; the rollout is recorded when the
     events end, or at the latest when the ``with`` block does.
     """
+
+    _self_body_output = False  # the event stream collects the text it passes on
 
     def _self_entered(self, resp: Any, is_async: bool = False) -> Any:
         cls = AsyncResponseEventStream if is_async else ResponseEventStream

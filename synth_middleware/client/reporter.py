@@ -273,8 +273,7 @@ class RewardReporter:
                 self._backlog = waiting
                 self._cond.notify_all()
         if rows:
-            self._rewards_queued = True
-            self._wake.set()
+            self._rewards_arrived()
         return len(rows)
 
     # ------------------------------------------------------------ producers
