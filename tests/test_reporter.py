@@ -377,6 +377,28 @@ def test_flush_sends_gathering_rollouts_at_once(wire, make_reporter, monkeypatch
     assert len([e for e in wire.engine.iter_events(SID) if e.type == "rollout"]) == 5
 
 
+def test_flush_wakes_an_idle_worker_at_once(wire, make_reporter, monkeypatch):
+    """flush() after the worker went idle must not wait for the gathering window
+    (or for flush's own re-check poll): the worker's wake-up sends the records, and
+    the flush leaves no stale wake-up behind that would send the next ones early."""
+    from synth_middleware.client import reporter as reporter_module
+
+    monkeypatch.setattr(reporter_module, "ROLLOUT_GATHER", 30.0)
+    monkeypatch.setattr(reporter_module, "_FLUSH_POLL", 30.0)
+    rep = make_reporter(HttpBackend(wire.url, timeout=2.0), interval=0.05, batch_size=500)
+    for cycle in range(3):
+        for i in range(5):
+            assert rep.add_rollout(_rollout(10 * cycle + i))
+        assert rep.flush(5), f"flush {cycle} waited for the gathering window"
+        assert _rollout_posts(wire) == cycle + 1
+        time.sleep(0.1)  # the worker goes back to sleep on an empty queue
+    assert rep.add_rollout(_rollout(99))
+    time.sleep(0.3)
+    assert _rollout_posts(wire) == 3  # still gathering: no wake-up was left over
+    assert rep.flush(5)
+    assert _rollout_posts(wire) == 4
+
+
 def test_rollout_interval_is_never_shorter_than_flush_interval(wire, make_reporter):
     rep = make_reporter(HttpBackend(wire.url), interval=0.05)
     assert rep.rollout_interval == 1.0

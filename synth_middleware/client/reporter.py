@@ -72,6 +72,9 @@ _SPLIT_STATUSES = (400, 413, 422)
 _STATUSES = ("accepted", "duplicate", "rejected")  # a batch refused as malformed: find the bad item
 _WRITE_CHUNK = 5000
 ROLLOUT_GATHER = 1.0
+# flush() re-checks a worker that may have died this often; delivery itself
+# notifies it, so a flush returns as soon as its items are settled
+_FLUSH_POLL = 0.05
 """Seconds rollout records may gather while no reward is queued (see the module docs)."""
 _Item = tuple[str, Any, "int | None"]  # (kind, record, outbox row id)
 
@@ -487,7 +490,10 @@ class RewardReporter:
         while not self._closed:
             if not q:
                 self._wake.wait(self.rollout_interval)
-                self._wake.clear()
+                if not q:
+                    # nothing to send: forget the wake. A wake that found records
+                    # queued (flush(), a reward) must cut their gathering short.
+                    self._wake.clear()
                 continue
             if len(q) < self.batch_size and not self._wake.is_set():
                 # at most one partial batch per interval: let it gather (a reward,
@@ -745,7 +751,9 @@ class RewardReporter:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    self._cond.wait(min(left, 0.05))
+                    self._cond.wait(min(left, _FLUSH_POLL))
+                    if self._settled >= target:
+                        break  # done: leave no stale wake-up behind for the next records
                     if self._thread is None or not self._thread.is_alive():
                         self._ensure_threads()  # the worker died: start another (RLock)
                     self._wake.set()
