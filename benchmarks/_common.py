@@ -68,7 +68,7 @@ def _serve_forever(port_queue: object) -> None:
 
     from synth_middleware.testing import FakeOpenAIServer
 
-    server = FakeOpenAIServer().start()
+    server = FakeOpenAIServer(record=False).start()  # a load run: keep no bodies
     port_queue.put(server.url)  # type: ignore[attr-defined]
     threading.Event().wait()
 

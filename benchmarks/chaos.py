@@ -152,7 +152,7 @@ def run(seconds: float, apps: int, kills: int) -> dict[str, object]:
         return f"Improved:\n```\nPROPOSED-{proposals[0]}: classify the intent.\n```"
 
     res: dict[str, object] = {}
-    with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer(reply=reply) as model:
+    with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer(reply=reply, record=False) as model:
         db = str(Path(tmp) / "synth.db")
         port = _free_port()
         url = f"http://127.0.0.1:{port}"

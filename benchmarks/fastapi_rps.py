@@ -46,7 +46,7 @@ def serve_model(cpu: int | None) -> None:
     _pin(cpu)
     from synth_middleware.testing import FakeOpenAIServer
 
-    with FakeOpenAIServer() as server:
+    with FakeOpenAIServer(record=False) as server:
         print(server.url, flush=True)
         sys.stdin.read()
 

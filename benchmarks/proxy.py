@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover
 UPSTREAM = (
     "import sys, time\n"
     "from synth_middleware.testing import FakeOpenAIServer\n"
-    "FakeOpenAIServer(port=int(sys.argv[1])).start()\n"
+    "FakeOpenAIServer(port=int(sys.argv[1]), record=False).start()\n"
     "time.sleep(1e9)\n"
 )
 # The floor for a Python forwarder here: Starlette + one pooled client, nothing else.

@@ -325,7 +325,7 @@ def run(
         return "card_lost"
 
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer(reply=reply) as model:
+    with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer(reply=reply, record=False) as model:
         db = Path(tmp) / "soak.db"
         port = free_port()
         url = f"http://127.0.0.1:{port}"

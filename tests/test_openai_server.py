@@ -109,6 +109,22 @@ def test_chat_completion_content_parts_and_custom_reply() -> None:
     assert default_reply({}) == "echo: "
 
 
+def test_record_off_keeps_nothing_and_still_answers() -> None:
+    with (
+        FakeOpenAIServer(record=False) as server,
+        OpenAI(api_key="k", base_url=server.url, max_retries=0) as client,
+    ):
+        for _ in range(3):
+            completion = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert completion.choices[0].message.content == "echo: hi"
+        assert server.requests == [] and server.headers == []
+        server.record = True  # it can be switched on while the server runs
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert len(server.requests) == 1
+
+
 def test_chat_streaming_with_usage(server: FakeOpenAIServer, client: OpenAI) -> None:
     stream = client.chat.completions.create(
         model="gpt-test",

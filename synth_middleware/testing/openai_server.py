@@ -486,6 +486,9 @@ class FakeOpenAIServer:
         host: Interface to bind; keep the default loopback address.
         port: Port to bind; ``0`` picks a free ephemeral port.
         model: Model name used when a request names none, and listed by ``/v1/models``.
+        record: Keep every request's body and headers in :attr:`requests` and
+            :attr:`headers`. Turn it off for load runs: the lists grow without bound,
+            and the server's garbage collections with them.
 
     Use as a context manager or call :meth:`start` and :meth:`stop`.
     """
@@ -498,8 +501,10 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         port: int = 0,
         model: str = "fake-model",
+        record: bool = True,
     ) -> None:
         self.reply: ReplyFn = reply or default_reply
+        self.record = record
         self.delay = delay
         self.host = host
         self.model = model
@@ -685,9 +690,10 @@ class FakeOpenAIServer:
             error = _error_body(400, "We could not parse the JSON body of your request.")
             return JSONResponse(error, status_code=400)
         body: dict[str, Any] = {**parsed, "_path": request.url.path}
-        with self._lock:
-            self.requests.append(body)
-            self.headers.append(dict(request.headers))
+        if self.record:
+            with self._lock:
+                self.requests.append(body)
+                self.headers.append(dict(request.headers))
         failure = await self._delay_and_fail()
         return body if failure is None else failure
 
