@@ -19,7 +19,7 @@ a backend whose ``record_rollouts`` does nothing: the request path alone) and
 ``ours-rollouts-50ms`` (ours with rollout records sent every 50 ms, as
 rewards are, instead of gathering for ``ROLLOUT_GATHER``).
 
-The model server is a ``FakeOpenAIServer`` in its own process. The parent
+The model server is a ``FakeOpenAIServer`` in its own process (recording nothing). The parent
 drives the workers over pipes in interleaved rounds (round-robin, order rotated
 each round) so machine noise hits every contender alike, and reports medians
 and ratios to raw. The in-memory variant gives each worker a second client on
@@ -47,6 +47,11 @@ HERE = Path(__file__).resolve().parent
 CONTENDERS = ("raw", "raw-control", "ours", "openllmetry", "langfuse")
 # diagnostics, only when named in --only (see the module docs)
 DIAGNOSTIC = ("ours-no-delivery", "ours-rollouts-50ms")
+# Contenders that also time a plain client in their own process, in back-to-back
+# blocks (order alternating by round): no second process and no drift between
+# the two, so this is the steadiest ratio; raw-control's pair is the A/A of the
+# method. The peers cannot take part: they patch the openai classes process-wide.
+_PAIRED = ("raw-control", "ours", "ours-no-delivery", "ours-rollouts-50ms")
 SYSTEM = "You are a support assistant. Classify the customer's request."
 CAND = "You are a banking intent classifier. Answer with one label."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]
@@ -141,7 +146,9 @@ def worker(kind: str, url: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             loop, mem, keep = _build(kind, url, tmp)
-            for c in (loop, mem):
+            # a plain client beside the contender in the same process: see _PAIRED
+            twin = _plain(url) if kind in _PAIRED else None
+            for c in (loop, mem) if twin is None else (loop, mem, twin):
                 for _ in range(50):
                     c.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[attr-defined]
             # check the contender really did its work
@@ -156,6 +163,10 @@ def worker(kind: str, url: str) -> None:
             cmd, n = line.split()
             if cmd == "quit":
                 break
+            if cmd in ("pair", "pair-twin-first"):
+                out.write(json.dumps(_pair(kind, loop, twin, int(n), cmd != "pair")) + "\n")
+                out.flush()
+                continue
             client = loop if cmd == "loop" else mem
             create = client.chat.completions.create  # type: ignore[attr-defined]
             t0 = time.perf_counter()
@@ -177,6 +188,32 @@ def worker(kind: str, url: str) -> None:
             from langfuse import get_client
 
             get_client().flush()
+
+
+def _plain(url: str) -> object:
+    import openai
+
+    return openai.OpenAI(api_key="k", base_url=url, max_retries=0)
+
+
+def _pair(kind: str, loop: object, twin: object, n: int, twin_first: bool) -> dict[str, float]:
+    """Seconds per call of the contender and of the plain client beside it, one
+    block each, back to back. Ours delivers its block's rollout records inside its
+    own time (``flush``): none of that work may land in the twin's block, and
+    the app's process pays for it. Serialised like this, it is an upper bound
+    (in an app the delivery thread mostly runs while the caller waits on I/O)."""
+    out: dict[str, float] = {}
+    for name in ("twin", "s") if twin_first else ("s", "twin"):
+        create = (twin if name == "twin" else loop).chat.completions.create  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            create(model="m", messages=MESSAGES)
+        if name == "s" and kind.startswith("ours"):
+            import synth_middleware as synth
+
+            synth.flush(10)
+        out[name] = (time.perf_counter() - t0) / n
+    return out
 
 
 def _self_check(kind: str, loop: object, keep: object) -> str:
@@ -259,7 +296,13 @@ def run(
             if "error" in msg:
                 results[kind] = {"error": msg["error"]}
             elif kind not in results:
-                results[kind] = {"info": msg["info"], "loop": [], "mem": [], "mem_cpu": []}
+                results[kind] = {
+                    "info": msg["info"],
+                    "loop": [],
+                    "mem": [],
+                    "mem_cpu": [],
+                    "pair": [],  # per round: contender / plain client, same process
+                }
         live = [w for w in workers if "error" not in results[w[0]]]
 
         def ask(w: tuple[str, int], cmd: str, n: int) -> dict[str, float]:
@@ -273,11 +316,17 @@ def run(
             order = live[r % len(live) :] + live[: r % len(live)]
             loop = {w: ask(w, "loop", calls)["s"] for w in order}
             mem = {w: ask(w, "mem", mem_calls) for w in order}
+            cmd = "pair-twin-first" if r % 2 else "pair"
+            pair = {w: ask(w, cmd, calls) for w in order if w[0] in _PAIRED}
             for kind in kinds:
                 mine = [w for w in live if w[0] == kind]
                 results[kind]["loop"].append(statistics.fmean(loop[w] for w in mine))
                 results[kind]["mem"].append(statistics.fmean(mem[w]["s"] for w in mine))
                 results[kind]["mem_cpu"].append(statistics.fmean(mem[w]["cpu"] for w in mine))
+                if kind in _PAIRED:
+                    results[kind]["pair"].append(
+                        statistics.fmean(pair[w]["s"] / pair[w]["twin"] for w in mine)
+                    )
         for p in workers.values():
             try:
                 p.stdin.write("quit 0\n")  # type: ignore[union-attr]
@@ -370,6 +419,19 @@ def main() -> None:
             print(
                 f"  {kind}: {statistics.median(r['loop']) / base:.3f} "
                 f"({ratios[len(ratios) // 2]:.3f})"
+            )
+    paired = [k for k in only if k in _PAIRED and "error" not in res[k]]
+    if paired:
+        print()
+        print(
+            "same-process ratio to a plain client beside it (median over rounds of the "
+            "mean over processes; ours with its rollouts delivered inside its time):"
+        )
+        for kind in paired:
+            pr = sorted(res[kind]["pair"])
+            print(
+                f"  {kind}: {statistics.median(pr):.3f} "
+                f"(rounds' quartiles {pr[len(pr) // 4]:.3f} to {pr[3 * len(pr) // 4]:.3f})"
             )
     print()
     print(
