@@ -19,6 +19,13 @@ start-up and imports cancelling out:
 
 Instructions are not time: a call's wall time also depends on cache misses and,
 for the delivery thread, on waiting for the GIL (see ``## Peers``).
+``--cache-sim`` also has callgrind simulate the caches and the branch
+predictor, and adds per call: first-level cache misses, mispredicted branches
+and an estimated cycle count (instructions + 10 per first-level miss + 100 per
+last-level miss + 10 per mispredicted branch: KCachegrind's cycle-estimate
+weights). Still deterministic, it shows whether interleaving our code with the
+SDK's costs misses or mispredictions out of proportion to our instructions.
+It takes about twice as long.
 """
 
 from __future__ import annotations
@@ -70,13 +77,34 @@ def worker(kind: str, calls: int) -> None:
             backend.close()
 
 
-def count(kind: str, calls: int, tmp: str) -> int:
-    """Instructions callgrind counted for one worker run."""
+# callgrind's event order with --cache-sim=yes --branch-sim=yes
+EVENTS = (
+    "Ir",
+    "Dr",
+    "Dw",
+    "I1mr",
+    "D1mr",
+    "D1mw",
+    "ILmr",
+    "DLmr",
+    "DLmw",
+    "Bc",
+    "Bcm",
+    "Bi",
+    "Bim",
+)
+
+
+def count(kind: str, calls: int, tmp: str, *, cache_sim: bool = False) -> dict[str, int]:
+    """Event totals callgrind counted for one worker run (``Ir`` alone without
+    ``cache_sim``)."""
     out = Path(tmp) / f"cg.{kind}.{calls}"
     proc = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
+            f"--cache-sim={'yes' if cache_sim else 'no'}",
+            f"--branch-sim={'yes' if cache_sim else 'no'}",
             f"--callgrind-out-file={out}",
             sys.executable,
             __file__,
@@ -89,10 +117,18 @@ def count(kind: str, calls: int, tmp: str) -> int:
         text=True,
         check=True,
     )
-    m = re.search(r"Collected : (\d+)", proc.stderr)
+    m = re.search(r"Collected : ([\d ]+)", proc.stderr)
     if m is None:
         raise SystemExit(f"no callgrind total for {kind}:\n{proc.stderr[-2000:]}")
-    return int(m.group(1))
+    return dict(zip(EVENTS, map(int, m.group(1).split()), strict=False))
+
+
+def cycles(ev: dict[str, float]) -> float:
+    """Estimated cycles (KCachegrind's weights: 10 per L1 miss and per mispredicted
+    branch, 100 per last-level miss)."""
+    l1 = ev["I1mr"] + ev["D1mr"] + ev["D1mw"]
+    ll = ev["ILmr"] + ev["DLmr"] + ev["DLmw"]
+    return ev["Ir"] + 10 * l1 + 100 * ll + 10 * (ev["Bcm"] + ev["Bim"])
 
 
 def main() -> None:
@@ -100,6 +136,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=100, help="measured calls per contender")
     ap.add_argument("--warm", type=int, default=20, help="calls in the baseline run")
+    ap.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also simulate caches and branch prediction: misses, estimated cycles",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -110,19 +151,41 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from _common import machine
 
-    per_call: dict[str, float] = {}
+    per_call: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in CONTENDERS:
-            low = count(kind, args.warm, tmp)
-            high = count(kind, args.warm + args.calls, tmp)
-            per_call[kind] = (high - low) / args.calls
+            low = count(kind, args.warm, tmp, cache_sim=args.cache_sim)
+            high = count(kind, args.warm + args.calls, tmp, cache_sim=args.cache_sim)
+            per_call[kind] = {e: (high[e] - low[e]) / args.calls for e in high}
     raw = per_call["raw"]
     print(f"machine: {machine()}; {args.calls} calls per contender under callgrind\n")
     print("| contender | instructions per call | ratio to raw | added per call |")
     print("| --- | ---: | ---: | ---: |")
     for kind, label in CONTENDERS.items():
-        n = per_call[kind]
-        print(f"| {label} | {n:,.0f} | {n / raw:.3f} | {n - raw:+,.0f} |")
+        n = per_call[kind]["Ir"]
+        print(f"| {label} | {n:,.0f} | {n / raw['Ir']:.3f} | {n - raw['Ir']:+,.0f} |")
+    if args.cache_sim:
+        print("\nsimulated caches and branch predictor (per call):\n")
+        print(
+            "| contender | L1 misses | ratio to raw | last-level misses "
+            "| mispredicted branches | ratio to raw | estimated cycles | ratio to raw |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+        def l1(ev: dict[str, float]) -> float:
+            return ev["I1mr"] + ev["D1mr"] + ev["D1mw"]
+
+        def bm(ev: dict[str, float]) -> float:
+            return ev["Bcm"] + ev["Bim"]
+
+        for kind, label in CONTENDERS.items():
+            ev = per_call[kind]
+            ll = ev["ILmr"] + ev["DLmr"] + ev["DLmw"]
+            print(
+                f"| {label} | {l1(ev):,.0f} | {l1(ev) / l1(raw):.3f} | {ll:,.1f} "
+                f"| {bm(ev):,.0f} | {bm(ev) / bm(raw):.3f} "
+                f"| {cycles(ev):,.0f} | {cycles(ev) / cycles(raw):.3f} |"
+            )
 
 
 if __name__ == "__main__":
