@@ -95,7 +95,9 @@ EVENTS = (
 )
 
 
-def count(kind: str, calls: int, tmp: str, *, cache_sim: bool = False) -> dict[str, int]:
+def count(
+    kind: str, calls: int, tmp: str, *, cache_sim: bool = False, ll: str | None = None
+) -> dict[str, int]:
     """Event totals callgrind counted for one worker run (``Ir`` alone without
     ``cache_sim``)."""
     out = Path(tmp) / f"cg.{kind}.{calls}"
@@ -105,6 +107,7 @@ def count(kind: str, calls: int, tmp: str, *, cache_sim: bool = False) -> dict[s
             "--tool=callgrind",
             f"--cache-sim={'yes' if cache_sim else 'no'}",
             f"--branch-sim={'yes' if cache_sim else 'no'}",
+            *([f"--LL={ll}"] if cache_sim and ll else []),
             f"--callgrind-out-file={out}",
             sys.executable,
             __file__,
@@ -141,6 +144,12 @@ def main() -> None:
         action="store_true",
         help="also simulate caches and branch prediction: misses, estimated cycles",
     )
+    ap.add_argument(
+        "--ll",
+        metavar="SIZE,ASSOC,LINE",
+        help="simulated last-level cache for --cache-sim (valgrind --LL), e.g. 1048576,8,64 "
+        "for this machine's per-core L2; default: what the host reports",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -154,8 +163,8 @@ def main() -> None:
     per_call: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in CONTENDERS:
-            low = count(kind, args.warm, tmp, cache_sim=args.cache_sim)
-            high = count(kind, args.warm + args.calls, tmp, cache_sim=args.cache_sim)
+            low = count(kind, args.warm, tmp, cache_sim=args.cache_sim, ll=args.ll)
+            high = count(kind, args.warm + args.calls, tmp, cache_sim=args.cache_sim, ll=args.ll)
             per_call[kind] = {e: (high[e] - low[e]) / args.calls for e in high}
     raw = per_call["raw"]
     print(f"machine: {machine()}; {args.calls} calls per contender under callgrind\n")
