@@ -15,6 +15,16 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
 
 
+def dist_version(dist: str) -> str:
+    """The installed version of a distribution, or ``not installed``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]],
     *,

@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _contenders import MESSAGES, Sink, build, plain, self_check, start_sink  # noqa: E402
+
 # "raw-control" is a second raw client in its own process: the A/A control. Its
 # distance from "raw" is the noise floor of comparing two processes (memory layout,
 # scheduling), which on a small VM can be several percent.
@@ -52,88 +52,9 @@ DIAGNOSTIC = ("ours-no-delivery", "ours-rollouts-50ms")
 # the two, so this is the steadiest ratio; raw-control's pair is the A/A of the
 # method. The peers cannot take part: they patch the openai classes process-wide.
 _PAIRED = ("raw-control", "ours", "ours-no-delivery", "ours-rollouts-50ms")
-SYSTEM = "You are a support assistant. Classify the customer's request."
-CAND = "You are a banking intent classifier. Answer with one label."
-MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]
 
 
 # --------------------------------------------------------------------------- worker
-
-
-def _build(kind: str, url: str, tmp: str) -> tuple[object, object, object]:
-    """(loopback client, in-memory client, keepalive) for one contender."""
-    from synth_middleware.testing import in_memory_http_client
-
-    mem_kw = {"base_url": "http://fake/v1", "http_client": in_memory_http_client()}
-    if kind in ("raw", "raw-control"):
-        import openai
-
-        return (
-            openai.OpenAI(api_key="k", base_url=url, max_retries=0),
-            openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
-            None,
-        )
-    if kind.startswith("ours"):
-        import openai
-
-        import synth_middleware as synth
-        from synth_middleware.backends.local import LocalBackend
-
-        class NoDelivery(LocalBackend):
-            def record_rollouts(self, rollouts: object) -> None:
-                return None
-
-        cls = NoDelivery if kind == "ours-no-delivery" else LocalBackend
-        if kind == "ours-rollouts-50ms":
-            from synth_middleware.client import reporter
-
-            reporter.ROLLOUT_GATHER = 0.05
-        backend = cls(str(Path(tmp) / "peers.db"))
-        for s in ("loop", "mem"):
-            backend.ensure_session(s, baseline=SYSTEM)
-            backend.add_candidate(s, CAND)
-        loop = synth.wrap(
-            openai.OpenAI(api_key="k", base_url=url, max_retries=0),
-            session="loop",
-            backend=backend,
-            warm=True,
-            ttl=3600,
-        )
-        mem = synth.wrap(
-            openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
-            session="mem",
-            backend=backend,
-            warm=True,
-            ttl=3600,
-        )
-        return loop, mem, backend
-    if kind == "openllmetry":
-        import openai
-        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-            InMemorySpanExporter,
-        )
-
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        OpenAIInstrumentor().instrument(tracer_provider=provider)
-        return (
-            openai.OpenAI(api_key="k", base_url=url, max_retries=0),
-            openai.OpenAI(api_key="k", max_retries=0, **mem_kw),
-            exporter,
-        )
-    if kind == "langfuse":
-        from langfuse.openai import OpenAI  # type: ignore[attr-defined]
-
-        return (
-            OpenAI(api_key="k", base_url=url, max_retries=0),
-            OpenAI(api_key="k", max_retries=0, **mem_kw),
-            None,
-        )
-    raise SystemExit(f"unknown contender {kind}")
 
 
 def worker(kind: str, url: str) -> None:
@@ -145,14 +66,14 @@ def worker(kind: str, url: str) -> None:
     sys.stdout = sys.stderr  # keep library prints off the protocol pipe
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            loop, mem, keep = _build(kind, url, tmp)
+            loop, mem, keep = build(kind, url, tmp)
             # a plain client beside the contender in the same process: see _PAIRED
-            twin = _plain(url) if kind in _PAIRED else None
+            twin = plain(url) if kind in _PAIRED else None
             for c in (loop, mem) if twin is None else (loop, mem, twin):
                 for _ in range(50):
                     c.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[attr-defined]
             # check the contender really did its work
-            info = _self_check(kind, loop, keep)
+            info = self_check(kind, loop, keep)
         except Exception as exc:
             out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
             out.flush()
@@ -190,12 +111,6 @@ def worker(kind: str, url: str) -> None:
             get_client().flush()
 
 
-def _plain(url: str) -> object:
-    import openai
-
-    return openai.OpenAI(api_key="k", base_url=url, max_retries=0)
-
-
 def _pair(kind: str, loop: object, twin: object, n: int, twin_first: bool) -> dict[str, float]:
     """Seconds per call of the contender and of the plain client beside it, one
     block each, back to back. Ours delivers its block's rollout records inside its
@@ -216,45 +131,6 @@ def _pair(kind: str, loop: object, twin: object, n: int, twin_first: bool) -> di
     return out
 
 
-def _self_check(kind: str, loop: object, keep: object) -> str:
-    if kind == "openllmetry":
-        spans = keep.get_finished_spans()  # type: ignore[attr-defined]
-        return f"{len(spans)} spans exported in memory"
-    if kind.startswith("ours"):
-        resp = loop.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[attr-defined]
-        return f"candidate served: {getattr(resp, 'synth', None) is not None}"
-    if kind == "langfuse":
-        from langfuse import get_client
-
-        get_client().flush()
-        return "traces exported to the loopback sink"
-    return ""
-
-
-# --------------------------------------------------------------------------- sink
-
-
-class _Sink(BaseHTTPRequestHandler):
-    hits = 0
-
-    def _ok(self) -> None:
-        n = int(self.headers.get("content-length") or 0)
-        if n:
-            self.rfile.read(n)
-        type(self).hits += 1
-        body = b'{"successes":[],"errors":[]}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_PUT = do_GET = do_PATCH = _ok
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 # --------------------------------------------------------------------------- parent
 
 
@@ -264,18 +140,7 @@ def run(
     sys.path.insert(0, str(HERE))
     from _common import ModelServerProcess
 
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    env = dict(
-        os.environ,
-        LANGFUSE_HOST=f"http://127.0.0.1:{sink.server_address[1]}",
-        LANGFUSE_BASE_URL=f"http://127.0.0.1:{sink.server_address[1]}",
-        LANGFUSE_PUBLIC_KEY="pk-lf-local",
-        LANGFUSE_SECRET_KEY="sk-lf-local",
-        OTEL_SDK_DISABLED="false",
-        TRACELOOP_TRACE_CONTENT="true",
-        PYTHONUNBUFFERED="1",
-    )
+    sink, env = start_sink()
     results: dict[str, dict] = {}
     with ModelServerProcess() as server:
         # ``procs`` processes per contender: a process's memory layout moves its
@@ -339,17 +204,8 @@ def run(
             except subprocess.TimeoutExpired:
                 p.kill()
     sink.shutdown()
-    results["_sink"] = {"hits": _Sink.hits}
+    results["_sink"] = {"hits": Sink.hits}
     return results
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def main() -> None:
@@ -368,7 +224,7 @@ def main() -> None:
         worker(args.worker, args.url)
         return
     sys.path.insert(0, str(HERE))
-    from _common import machine
+    from _common import dist_version, machine
 
     only = [k for k in args.only.split(",") if k]
     unknown = [k for k in only if k not in CONTENDERS + DIAGNOSTIC]
@@ -379,7 +235,7 @@ def main() -> None:
     raw_loop = statistics.median(raw["loop"]) if raw.get("loop") else float("nan")
     raw_mem = statistics.median(raw["mem"]) if raw.get("mem") else float("nan")
     print(
-        f"machine: {machine()}; openai {_version('openai')}; {args.rounds} rounds x {args.calls} loopback calls, "
+        f"machine: {machine()}; openai {dist_version('openai')}; {args.rounds} rounds x {args.calls} loopback calls, "
         f"x {args.mem_calls} in-memory calls, per contender, {args.procs} process(es) each"
     )
     print()
