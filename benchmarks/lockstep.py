@@ -97,7 +97,8 @@ def worker(kind: str, url: str, mem: bool) -> None:
             if kind == "openllmetry" and len(samples) % 1000 == 0:
                 keep.clear()  # type: ignore[union-attr]  # bounded memory, between calls
         _flush(kind, keep)
-        other = (time.process_time() - cpu0) - (time.thread_time() - main0)
+        # clamp: the two clocks tick separately, so "none" can come out a hair below 0
+        other = max(0.0, (time.process_time() - cpu0) - (time.thread_time() - main0))
         gc.callbacks.remove(on_gc)
         out.write(json.dumps({"s": samples, "other_cpu": other, "gc": gc_time[0]}).encode())
         out.write(b"\n")
