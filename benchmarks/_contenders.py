@@ -12,6 +12,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+# "raw-control" is a second raw client in its own process: the A/A control. Its
+# distance from "raw" is the noise floor of comparing two processes (memory layout,
+# scheduling), which on a small VM can be several percent.
+CONTENDERS = ("raw", "raw-control", "ours", "openllmetry", "langfuse")
+# diagnostics, only when named in --only (see peers.py's module docs)
+DIAGNOSTIC = ("ours-no-delivery", "ours-rollouts-50ms")
 SYSTEM = "You are a support assistant. Classify the customer's request."
 CAND = "You are a banking intent classifier. Answer with one label."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card is lost"}]

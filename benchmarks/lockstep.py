@@ -40,11 +40,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _contenders import MESSAGES, Sink, build, self_check, start_sink  # noqa: E402
-
-CONTENDERS = ("raw", "raw-control", "ours", "openllmetry", "langfuse")
-DIAGNOSTIC = ("ours-no-delivery", "ours-rollouts-50ms")
-
+from _contenders import (  # noqa: E402
+    CONTENDERS,
+    DIAGNOSTIC,
+    MESSAGES,
+    Sink,
+    build,
+    self_check,
+    start_sink,
+)
 
 # --------------------------------------------------------------------------- worker
 

@@ -39,14 +39,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _contenders import MESSAGES, Sink, build, plain, self_check, start_sink  # noqa: E402
+from _contenders import (  # noqa: E402
+    CONTENDERS,
+    DIAGNOSTIC,
+    MESSAGES,
+    Sink,
+    build,
+    plain,
+    self_check,
+    start_sink,
+)
 
-# "raw-control" is a second raw client in its own process: the A/A control. Its
-# distance from "raw" is the noise floor of comparing two processes (memory layout,
-# scheduling), which on a small VM can be several percent.
-CONTENDERS = ("raw", "raw-control", "ours", "openllmetry", "langfuse")
-# diagnostics, only when named in --only (see the module docs)
-DIAGNOSTIC = ("ours-no-delivery", "ours-rollouts-50ms")
 # Contenders that also time a plain client in their own process, in back-to-back
 # blocks (order alternating by round): no second process and no drift between
 # the two, so this is the steadiest ratio; raw-control's pair is the A/A of the
