@@ -122,6 +122,20 @@ def self_check(kind: str, loop: object, keep: object) -> str:
     return ""
 
 
+def drain(kind: str, keep: object) -> None:
+    """Let a contender finish its background work (ours: deliver what is queued
+    and close the backend; Langfuse: export)."""
+    if kind.startswith("ours"):
+        import synth_middleware as synth
+
+        synth.flush(30)
+        keep.close()  # type: ignore[attr-defined]
+    elif kind == "langfuse":
+        from langfuse import get_client
+
+        get_client().flush()
+
+
 class Sink(BaseHTTPRequestHandler):
     """Accepts and discards every request (Langfuse's export target); counts them."""
 

@@ -46,6 +46,7 @@ from _contenders import (  # noqa: E402
     MESSAGES,
     Sink,
     build,
+    drain,
     self_check,
     start_sink,
 )
@@ -88,7 +89,7 @@ def worker(kind: str, url: str, mem: bool) -> None:
                 gc_time[0] += time.perf_counter() - gc_time[1]
 
         gc.callbacks.append(on_gc)
-        # every thread but this one: process CPU minus this thread's CPU
+        # every thread but this one: process CPU minus this thread's CPU in the calls
         cpu0, main0 = time.process_time(), time.thread_time()
         samples: list[float] = []
         read, write, clock = sys.stdin.buffer.read, out.write, time.perf_counter
@@ -100,26 +101,16 @@ def worker(kind: str, url: str, mem: bool) -> None:
             out.flush()
             if kind == "openllmetry" and len(samples) % 1000 == 0:
                 keep.clear()  # type: ignore[union-attr]  # bounded memory, between calls
-        _flush(kind, keep)
+        main1 = time.thread_time()
+        # the background work left at the end counts too, wherever it runs (Langfuse
+        # exports on this thread in flush())
+        drain(kind, keep)
         # clamp: the two clocks tick separately, so "none" can come out a hair below 0
-        other = max(0.0, (time.process_time() - cpu0) - (time.thread_time() - main0))
+        other = max(0.0, (time.process_time() - cpu0) - (main1 - main0))
         gc.callbacks.remove(on_gc)
         out.write(json.dumps({"s": samples, "other_cpu": other, "gc": gc_time[0]}).encode())
         out.write(b"\n")
         out.flush()
-
-
-def _flush(kind: str, keep: object) -> None:
-    """Let each contender finish its background work, so its CPU is counted."""
-    if kind.startswith("ours"):
-        import synth_middleware as synth
-
-        synth.flush(30)
-        keep.close()  # type: ignore[attr-defined]
-    elif kind == "langfuse":
-        from langfuse import get_client
-
-        get_client().flush()
 
 
 # --------------------------------------------------------------------------- parent

@@ -45,6 +45,7 @@ from _contenders import (  # noqa: E402
     MESSAGES,
     Sink,
     build,
+    drain,
     plain,
     self_check,
     start_sink,
@@ -103,15 +104,7 @@ def worker(kind: str, url: str) -> None:
                 keep.clear()  # type: ignore[union-attr]  # bounded memory
             out.write(json.dumps({"s": dt, "cpu": dc}) + "\n")
             out.flush()
-        if kind.startswith("ours"):
-            import synth_middleware as synth
-
-            synth.flush(10)
-            keep.close()  # type: ignore[union-attr]
-        if kind == "langfuse":
-            from langfuse import get_client
-
-            get_client().flush()
+        drain(kind, keep)
 
 
 def _pair(kind: str, loop: object, twin: object, n: int, twin_first: bool) -> dict[str, float]:
