@@ -133,7 +133,6 @@ def _pair(kind: str, loop: object, twin: object, n: int, twin_first: bool) -> di
 def run(
     calls: int, rounds: int, mem_calls: int, only: list[str], procs: int = 1
 ) -> dict[str, dict]:
-    sys.path.insert(0, str(HERE))
     from _common import ModelServerProcess
 
     sink, env = start_sink()
@@ -219,7 +218,6 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.url)
         return
-    sys.path.insert(0, str(HERE))
     from _common import dist_version, machine
 
     only = [k for k in args.only.split(",") if k]
