@@ -1,66 +1,51 @@
-"""Selection policies side by side on simulations with known ground truth.
+"""Promotion and routing on simulations with known ground truth, checked after every reward.
 
 Each scenario is a set of candidates with known success rates (Bernoulli
-rewards); the first is the baseline. The four named scenarios are fixed; the
-held-out ones draw every seed's rates from a Beta distribution (the same draws
-for every strategy) and were not used to choose the routing rule. Every
-strategy serves the same number of rollouts, over many seeds, vectorised with
-numpy:
+rewards); the first is the baseline. Every seed is one session, all seeds of a
+scenario run at once (numpy over seeds). What is simulated is what the engine
+does, with its own code:
 
-* ``uniform``: uniform random routing (what the hosted online GEPA demo does),
-  names the highest observed mean;
-* ``epsilon-greedy``: 10% uniform, else the highest mean (each arm once first),
-  names the highest mean;
-* ``greedy``: the highest observed mean (each arm once first), names it;
-* ``ours (thompson)``: the client's default routing, Thompson sampling. At
-  each refresh (every ``--refresh`` rollouts, as the client's cache does; the
-  alternatives above are *not* frozen, they see every reward at once) the
-  routing posteriors come from the real
-  :func:`synth_middleware._posterior.routing_posteriors_from_rows`, per seed,
-  over the candidates the policy keeps; each rollout then takes one numpy
-  Thompson draw from them, which serves each candidate with exactly its routing
-  P(best) (the client computes that P(best) on a grid and draws from it). The
-  engine's pruning rules (worse than the leader with P >= 0.95 after 20
-  rewards; retired when P(best) < 1% after 5) are applied at each refresh on
-  the sound posteriors, vectorised here with Monte Carlo probabilities (the
-  engine's default ``online_prune_margin`` of 0.01 is not modelled). It names
-  the best with the engine's real policy
-  (:func:`synth_middleware.engine.policy.evaluate`: promotion needs >= 20
-  rewards and P(beats baseline) >= 0.9, Bonferroni over contenders, else the
-  baseline);
-* ``ours (sharpened x6)``: the opt-in routing (``online_routing_sharpness`` =
-  ``SHARPENED_ROUTING``): the same, on posteriors with the prior centred on the
-  pooled mean and the variance divided by 6; same pruning and naming;
-* ``ours (top-two)``: top-two Thompson routing on the sound posterior, for
-  identification, same naming.
+* **Routing epochs**: the routing weights are recomputed when
+  :func:`synth_middleware.engine.policy.epoch_length` says (every
+  ``max(10, rewards / 50)`` rewards), from P(best) of the Beta posteriors
+  (Monte Carlo, 256 draws: the engine uses a grid), through the engine's
+  :func:`~synth_middleware.engine.policy.mix_floors` (baseline floor while a
+  challenger is unresolved, a floor per candidate) and, for top-two,
+  :func:`synth_middleware._posterior.top_two_weights`. Each rollout is served
+  from those weights, and that weight is the propensity the evidence uses.
+* **Evidence** exactly as :class:`synth_middleware.engine.evidence.EvidenceLedger`
+  accumulates it (augmented IPW increments, the same control-variate window),
+  and **every decision after every reward** with the engine's functions:
+  :func:`~synth_middleware.engine.evidence.boundary` and
+  :func:`~synth_middleware.engine.evidence.challenger_alpha` (called on numpy
+  arrays), the policy's minimums, its naming with incumbency (a challenger
+  replaces the named best only when its evidence beats the named best), its
+  rollback (a named best that stops clearing the boundary loses the name) and
+  its pruning (evidence of being worse than the baseline or the named best).
+  The engine itself (the real :class:`~synth_middleware.engine.state.SessionStateMachine`)
+  is put through the same A/A and drift cases, with fewer seeds, in
+  ``tests/test_promotion.py``.
 
-Metrics at budgets of 100, 300 and 1000 rollouts: cumulative (expected) regret
-``sum_t (best rate - rate served)``, the probability of naming the truly best
-candidate, and the probability of naming a candidate worse than the baseline
-("false promotion"). For ours, also the unguarded name (highest P(best)).
+Measured: **false promotion** (a candidate not truly better than the baseline
+is named at any point up to the horizon, per seed), **time to name** a true
+winner (the first rollout at which the truly best is named), **winner
+archived**, and routing **regret** at 1,000 rollouts against plain Thompson
+sampling (no floors), uniform and epsilon-greedy routing on the same rates.
 
-    .venv/bin/python benchmarks/selection.py               # prints the tables
-    .venv/bin/python benchmarks/selection.py --write       # also updates BENCHMARKS.md
-
-``--frozen-alternatives`` freezes epsilon-greedy and greedy like ours (their
-choice of leader is recomputed only at each refresh) for a side measurement.
-``--ids`` adds two evaluated, not adopted, routings (:mod:`_ids_routing`):
-``ours (ids)``, information-directed sampling on the routing posterior, and
-``ours (ids batch)``, its batch variant for the frozen posterior; same pruning
-and naming as ours. ``--guard-alternatives`` also names the alternatives' best
-with our guard (the engine's pruning and naming over the evidence their routing
-gathered), printed as ``[g ...]`` after their own P(correct) and false
-promotion: which routing gathers the evidence a guarded name needs, apart from
-how it names.
+    .venv/bin/python benchmarks/selection.py                # prints the tables
+    .venv/bin/python benchmarks/selection.py --write        # also updates BENCHMARKS.md
+    .venv/bin/python benchmarks/selection.py --only drift --null-seeds 200 --seeds 100
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,387 +56,378 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine  # noqa: E402
 
-from synth_middleware._posterior import (  # noqa: E402
-    DEFAULT_ROUTING_SHARPNESS,
-    SHARPENED_ROUTING,
-    routing_posteriors_from_rows,
+from synth_middleware._posterior import top_two_weights  # noqa: E402
+from synth_middleware.engine.evidence import (  # noqa: E402
+    MEAN_WINDOW,
+    SHARE_WINDOW,
+    boundary,
+    challenger_alpha,
 )
-from synth_middleware.engine.policy import PolicySettings, evaluate  # noqa: E402
-
-BUDGETS = (100, 300, 1000)
-SCENARIOS: dict[str, list[float]] = {
-    # The published online GEPA Banking77 figures: baseline ~0.44, children 0.57 and 0.50.
-    "banking77-like": [0.44, 0.41, 0.57, 0.50, 0.30, 0.52],
-    "close race": [0.50, 0.52, 0.55, 0.48, 0.53],
-    "baseline is best": [0.60, 0.50, 0.45, 0.52, 0.40],
-    "ten candidates": [0.50, 0.30, 0.35, 0.40, 0.45, 0.48, 0.52, 0.55, 0.58, 0.66],
-}
-# Rates drawn per seed: Beta(a, b) for each of k candidates (held out from tuning).
-HELD_OUT: dict[str, tuple[float, float, int]] = {
-    "random rates": (2.0, 2.0, 6),
-    "random high rates": (8.0, 2.0, 8),
-    "random low rates": (1.0, 9.0, 5),
-}
-# ours, routed on the real routing posteriors: the default, and the opt-in sharpened one
-ROUTING_SHARPNESS = {
-    "ours (thompson)": DEFAULT_ROUTING_SHARPNESS,
-    f"ours (sharpened x{SHARPENED_ROUTING:g})": SHARPENED_ROUTING,
-}
-STRATEGIES: tuple[str, ...] = (
-    "uniform",
-    "epsilon-greedy",
-    "greedy",
-    *ROUTING_SHARPNESS,
-    "ours (top-two)",
+from synth_middleware.engine.policy import (  # noqa: E402
+    PolicySettings,
+    epoch_length,
+    mix_floors,
+    rho_for,
 )
-IDS_STRATEGIES = ("ours (ids)", "ours (ids batch)")  # --ids: evaluated, not adopted
+
+Drift = Callable[[int, int], float]  # (rollout t, horizon) -> shift of every arm's rate
 
 
-@dataclass
-class _Cand:
-    candidate_id: str
-    reward_count: int
-    mean: float
-    m2: float
-    status: str = "active"
-    is_baseline: bool = False
+def _step(t: int, horizon: int) -> float:
+    """Hard traffic in the first half, easy in the second (every arm -0.15, then +0.15)."""
+    return -0.15 if t < horizon // 2 else 0.15
 
 
-def _prune(
-    rng: np.random.Generator,
-    succ: np.ndarray,
-    cnt: np.ndarray,
-    active: np.ndarray,
-    settings: PolicySettings,
-    draws: int = 256,
-) -> None:
-    """Apply the policy's pruning and retiring to ``active`` in place (Monte Carlo P's)."""
-    s, k = cnt.shape
-    a, b = 1.0 + succ, 1.0 + cnt - succ
-    x = rng.beta(a[None], b[None], size=(draws, s, k))
-    x = np.where(active[None], x, -1.0)
-    lead = x.argmax(2)
-    pbest = np.stack([(lead == j).mean(0) for j in range(k)], 1)
-    leader = pbest.argmax(1)
-    lv = x[:, np.arange(s), leader]
-    p_worse = (lv[:, :, None] > x).mean(0)
-    retire = (pbest < settings.dormant_probability) & (cnt >= settings.retire_min_rollouts)
-    prune = (cnt >= settings.prune_min_rollouts) & (p_worse >= settings.prune_confidence)
-    kill = retire | prune
-    kill[:, 0] = False  # never the baseline
-    kill[np.arange(s), leader] = False  # never the leader
-    active &= ~kill
+def _sine(t: int, horizon: int) -> float:
+    """A daily cycle: +-0.15 with a period of 1,000 rollouts."""
+    return 0.15 * math.sin(2.0 * math.pi * t / 1000.0)
 
 
-def _routing_params(
-    succ: np.ndarray, cnt: np.ndarray, active: np.ndarray, sharpness: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Beta parameters of the routing posteriors, per seed, from the real
-    :func:`routing_posteriors_from_rows` over the active candidates (archived
-    ones get a placeholder; routing masks them out)."""
-    a, b = np.ones_like(cnt), np.ones_like(cnt)
-    for i in range(cnt.shape[0]):
-        js = np.flatnonzero(active[i])
-        rows = [(int(cnt[i, j]), succ[i, j] / cnt[i, j] if cnt[i, j] else 0.0, 0.0) for j in js]
-        posts = routing_posteriors_from_rows(rows, bounded=True, sharpness=sharpness)
-        for j, post in zip(js, posts, strict=True):
-            a[i, j], b[i, j] = post.a, post.b
-    return a, b
+@dataclass(frozen=True)
+class Scenario:
+    """Candidates' base rates (the first is the baseline), a common drift, a horizon."""
+
+    title: str
+    rates: tuple[float, ...]
+    horizon: int
+    null: bool  # every challenger is exactly as good as the baseline
+    drift: Drift | None = None
+    targets: dict[int, float] = field(default_factory=dict)  # horizon -> P(named) target
 
 
-def _route(
-    name: str,
-    rng: np.random.Generator,
-    succ: np.ndarray,
-    cnt: np.ndarray,
-    frozen: tuple[np.ndarray, np.ndarray] | None,
-    eps: float,
-    active: np.ndarray,
-) -> np.ndarray:
-    """The arm each seed serves next (shape ``[S]``). ``frozen``: the routing
-    posterior's Beta parameters for ours, the observed means for frozen greedy."""
-    s, k = cnt.shape
-    rows = np.arange(s)
-    if name == "uniform":
-        return rng.integers(k, size=s)
-    if name in ("epsilon-greedy", "greedy"):
-        if frozen is not None:  # --frozen-alternatives: the means as of the last refresh
-            mean = frozen[0]
-        else:
-            mean = np.where(cnt > 0, succ / np.maximum(cnt, 1), np.inf)  # each arm once first
-        mean = mean + rng.random((s, k)) * 1e-9  # random tie-break
-        arm = mean.argmax(1)
-        if name == "epsilon-greedy":
-            explore = rng.random(s) < eps
-            arm = np.where(explore, rng.integers(k, size=s), arm)
-        return arm
-    assert frozen is not None
-    a, b = frozen
-
-    def thompson() -> np.ndarray:
-        return np.where(active, rng.beta(a, b), -1.0).argmax(1)
-
-    if name in IDS_STRATEGIES:  # a categorical draw from the frozen IDS weights
-        u = rng.random(s)[:, None] * a[:, -1:]
-        return np.minimum((u >= a).sum(1), k - 1)
-    leader = thompson()
-    if name in ROUTING_SHARPNESS:
-        return leader
-    # top-two: with prob 1/2 the leader, else resample until a different arm leads
-    challenger = leader.copy()
-    pending = np.ones(s, dtype=bool)
-    for _ in range(30):
-        draw = thompson()
-        take = pending & (draw != leader)
-        challenger[take] = draw[take]
-        pending &= ~take
-        if not pending.any():
-            break
-    use_leader = rng.random(s) < 0.5
-    return np.where(use_leader | pending, leader, challenger)[rows]
-
-
-def _name_greedy(succ: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-    mean = np.where(cnt > 0, succ / np.maximum(cnt, 1), -np.inf)
-    return mean.argmax(1)
-
-
-def _name_ours(
-    succ: np.ndarray, cnt: np.ndarray, settings: PolicySettings, active: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(guarded name, highest-P(best) name) per seed, with the engine's real policy
-    over the candidates still active."""
-    s, k = cnt.shape
-    guarded = np.zeros(s, dtype=int)
-    leader = np.zeros(s, dtype=int)
-    for i in range(s):
-        cands = []
-        for j in range(k):
-            n = int(cnt[i, j])
-            m = float(succ[i, j]) / n if n else 0.0
-            status = "active" if active[i, j] else "archived"
-            cands.append(_Cand(str(j), n, m, n * m * (1 - m), status, is_baseline=j == 0))
-        d = evaluate(cands, "0", settings, bounded=True)
-        guarded[i] = int(d.best_id or 0)
-        leader[i] = int(d.leader_id or 0)
-    return guarded, leader
-
-
-def scenario_rates(spec: list[float] | tuple[float, float, int], seeds: int) -> np.ndarray:
-    """Each seed's true rates (shape ``[S, k]``): a fixed list, or drawn from
-    ``Beta(a, b)`` per seed for a held-out ``(a, b, k)`` (the same draws for every
-    strategy)."""
-    if isinstance(spec, tuple):
-        a, b, k = spec
-        return np.random.default_rng(12345).beta(a, b, size=(seeds, int(k)))
-    return np.tile(np.asarray(spec, dtype=float), (seeds, 1))
-
-
-def run_scenario(
-    rates: list[float] | tuple[float, float, int],
-    seeds: int,
-    refresh: int,
-    eps: float,
-    rng_seed: int,
-    frozen_alternatives: bool = False,
-    strategies: tuple[str, ...] = STRATEGIES,
-    guard_alternatives: bool = False,
-) -> dict[str, dict[int, dict[str, float]]]:
-    """``{strategy: {budget: {regret, correct, false_promotion[, correct_unguarded]}}}``."""
-    mu = scenario_rates(rates, seeds)
-    k = mu.shape[1]
-    rows = np.arange(seeds)
-    best = mu.argmax(1)
-    best_rate = mu[rows, best]
-    settings = PolicySettings()
-    out: dict[str, dict[int, dict[str, float]]] = {}
-    for si, name in enumerate(strategies):
-        rng = np.random.default_rng(rng_seed + 1000 * si)
-        succ = np.zeros((seeds, k))
-        cnt = np.zeros((seeds, k))
-        regret = np.zeros(seeds)
-        frozen = None
-        active = np.ones((seeds, k), dtype=bool)
-        out[name] = {}
-        for t in range(1, max(BUDGETS) + 1):
-            if (t - 1) % refresh == 0:
-                if name.startswith("ours"):
-                    _prune(rng, succ, cnt, active, settings)
-                if name in ROUTING_SHARPNESS:
-                    frozen = _routing_params(succ, cnt, active, ROUTING_SHARPNESS[name])
-                elif name == "ours (top-two)":
-                    frozen = (1.0 + succ, 1.0 + cnt - succ)  # the sound posterior
-                elif name in IDS_STRATEGIES:
-                    from _ids_routing import ids_batch_weights, ids_weights_grid
-
-                    ra, rb = _routing_params(succ, cnt, active, DEFAULT_ROUTING_SHARPNESS)
-                    if name == "ours (ids batch)":
-                        w = ids_batch_weights(ra, rb, active, refresh, 1.0)
-                    else:
-                        w = ids_weights_grid(ra, rb, active)
-                    frozen = (np.cumsum(w, 1), w)
-                elif frozen_alternatives and name in ("epsilon-greedy", "greedy"):
-                    mean = np.where(cnt > 0, succ / np.maximum(cnt, 1), np.inf)
-                    frozen = (mean, mean)
-            arm = _route(name, rng, succ, cnt, frozen, eps, active)
-            served = mu[rows, arm]
-            reward = rng.random(seeds) < served
-            cnt[rows, arm] += 1
-            succ[rows, arm] += reward
-            regret += best_rate - served
-            if t in BUDGETS:
-                row: dict[str, float] = {"regret": float(regret.mean())}
-                if name.startswith("ours"):
-                    named, lead = _name_ours(succ, cnt, settings, active)
-                    row["correct_unguarded"] = float((lead == best).mean())
-                else:
-                    named = _name_greedy(succ, cnt)
-                    if guard_alternatives:
-                        # the engine's policy on their evidence: its pruning rules, then
-                        # its guarded name (their routing is not changed by either)
-                        kept = np.ones_like(active)
-                        _prune(np.random.default_rng(rng_seed + t), succ, cnt, kept, settings)
-                        guarded, _ = _name_ours(succ, cnt, settings, kept)
-                        row["correct_guarded"] = float((guarded == best).mean())
-                        worse = mu[rows, guarded] < mu[:, 0]
-                        row["false_promotion_guarded"] = float(worse.mean())
-                row["correct"] = float((named == best).mean())
-                row["false_promotion"] = float((mu[rows, named] < mu[:, 0]).mean())
-                out[name][t] = row
+def scenarios() -> list[Scenario]:
+    """The benchmark's scenarios (issue: A/A null, drift, small true winner, the classics)."""
+    out: list[Scenario] = []
+    for rate in (0.2, 0.44, 0.8):
+        for k in (1, 3, 10):
+            out.append(
+                Scenario(f"A/A {k} challenger(s) at {rate}", (rate,) * (k + 1), 10_000, True)
+            )
+    for name, fn in (("step", _step), ("sine", _sine)):
+        out.append(Scenario(f"drift {name}, A/A 3 challengers", (0.44,) * 4, 10_000, True, fn))
+        out.append(
+            Scenario(
+                f"drift {name}, +10 winner",
+                (0.44, 0.44, 0.44, 0.54),
+                10_000,
+                False,
+                fn,
+                {2000: 0.8},
+            )
+        )
+    for gain, horizon, target in ((0.20, 2000, 600), (0.10, 4000, 2000), (0.05, 10_000, 8000)):
+        out.append(
+            Scenario(
+                f"small winner +{round(gain * 100)} (3 equals)",
+                (0.44, 0.44, 0.44, 0.44 + gain),
+                horizon,
+                False,
+                targets={target: 0.8},
+            )
+        )
+    out += [
+        Scenario("banking77-like", (0.44, 0.41, 0.57, 0.50, 0.30, 0.52), 2000, False),
+        Scenario("close race", (0.50, 0.52, 0.55, 0.48, 0.53), 4000, False),
+        Scenario("baseline is best", (0.60, 0.50, 0.45, 0.52, 0.40), 2000, True),
+        Scenario(
+            "ten candidates",
+            (0.50, 0.30, 0.35, 0.40, 0.45, 0.48, 0.52, 0.55, 0.58, 0.66),
+            2000,
+            False,
+        ),
+    ]
     return out
 
 
-def _table(results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
-    head = "| strategy | " + " | ".join(f"regret @{b}" for b in BUDGETS)
-    head += " | " + " | ".join(f"P(correct) @{b}" for b in BUDGETS)
-    head += " | " + " | ".join(f"false promo @{b}" for b in BUDGETS) + " |"
-    lines = [head, "| " + " | ".join(["---"] * (1 + 3 * len(BUDGETS))) + " |"]
-    for name, by_budget in results.items():
-        cells = [f"{by_budget[b]['regret']:.1f}" for b in BUDGETS]
-        for b in BUDGETS:
-            c = f"{by_budget[b]['correct']:.3f}"
-            if "correct_unguarded" in by_budget[b]:
-                c += f" ({by_budget[b]['correct_unguarded']:.3f})"
-            if "correct_guarded" in by_budget[b]:
-                c += f" [g {by_budget[b]['correct_guarded']:.3f}]"
-            cells.append(c)
-        for b in BUDGETS:
-            c = f"{by_budget[b]['false_promotion']:.3f}"
-            if "false_promotion_guarded" in by_budget[b]:
-                c += f" [g {by_budget[b]['false_promotion_guarded']:.3f}]"
-            cells.append(c)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+HORIZONS = (100, 300, 600, 1000, 2000, 4000, 8000, 10_000)
+ROUTINGS = ("thompson", "top_two")
+ALTERNATIVES = ("plain thompson", "uniform", "epsilon-greedy")
 
 
-def _verdict(results: dict[str, dict[int, dict[str, float]]]) -> str:
-    ours = [n for n in results if n.startswith("ours")]
-    others = [n for n in results if not n.startswith("ours")]
-    notes = []
-    for o in ours:
-        wins_r = all(
-            results[o][b]["regret"] < results[x][b]["regret"] for b in BUDGETS for x in others
-        )
-        wins_c = all(
-            results[o][b]["correct"] > results[x][b]["correct"] for b in BUDGETS for x in others
-        )
-        notes.append(
-            f"{o}: lower regret than every alternative at every budget: "
-            f"{'yes' if wins_r else 'no'}; higher P(correct): {'yes' if wins_c else 'no'}"
-        )
-    return "; ".join(notes)
+def _pbest_mc(
+    rng: np.random.Generator, succ: np.ndarray, cnt: np.ndarray, active: np.ndarray
+) -> np.ndarray:
+    """P(best) per seed and arm under the Beta(1 + s, 1 + f) posteriors, 256 draws."""
+    s, k = cnt.shape
+    x = rng.beta(1.0 + succ[None], 1.0 + (cnt - succ)[None], size=(256, s, k))
+    x = np.where(active[None], x, -1.0)
+    lead = x.argmax(2)
+    return np.stack([(lead == j).mean(0) for j in range(k)], 1)
+
+
+def _weights(
+    pbest: np.ndarray, active: np.ndarray, unresolved: np.ndarray, routing: str, st: PolicySettings
+) -> np.ndarray:
+    """Routing weights per seed with the engine's own functions (per seed)."""
+    s, k = pbest.shape
+    out = np.zeros((s, k))
+    for i in range(s):
+        js = np.flatnonzero(active[i])
+        pb = [float(pbest[i, j]) for j in js]
+        w = top_two_weights(pb) if routing == "top_two" else pb
+        base_i = int(np.flatnonzero(js == 0)[0]) if 0 in js else None
+        mixed = mix_floors(w, base_i, bool(unresolved[i]), st)
+        out[i, js] = mixed
+    return out / out.sum(1, keepdims=True)
+
+
+def simulate(
+    sc: Scenario,
+    seeds: int,
+    routing: str,
+    rng_seed: int,
+    settings: PolicySettings | None = None,
+) -> dict[str, np.ndarray]:
+    """One scenario under our routing and decisions. Returns per-seed arrays:
+    ``false_at`` (first rollout a not-better arm was named, or inf), ``named_at``
+    (first rollout the truly best arm was named, inf if never; 0 rows when there is
+    no true winner), ``winner_archived``, and ``regret`` at 1,000 rollouts."""
+    st = settings or PolicySettings()
+    rng = np.random.default_rng(rng_seed)
+    base = np.asarray(sc.rates)
+    k = len(base)
+    rows = np.arange(seeds)
+    better = base > base[0] + 1e-12  # truly better than the baseline
+    best_arm = int(base.argmax()) if better.any() else -1
+    alpha_k = np.array(
+        [1.0] + [challenger_alpha(j, st.alpha, spend=st.bonferroni) for j in range(1, k)]
+    )
+    rho = rho_for(st, 1.0)
+    succ = np.zeros((seeds, k))
+    cnt = np.zeros((seeds, k))
+    s_ = np.zeros((seeds, k))
+    q_ = np.zeros((seeds, k))
+    m = np.zeros(seeds)
+    share = np.zeros((seeds, k))
+    active = np.ones((seeds, k), dtype=bool)
+    incumbent = np.full(seeds, -1)  # -1: the baseline is named
+    false_at = np.full(seeds, np.inf)
+    named_at = np.full(seeds, np.inf)
+    archived_winner = np.zeros(seeds, dtype=bool)
+    unresolved = np.ones(seeds, dtype=bool)
+    regret = np.zeros(seeds)
+    regret_1000 = np.zeros(seeds)
+    weights = None
+    epoch_at = 0
+    for t in range(1, sc.horizon + 1):
+        if weights is None or (t - 1) - epoch_at >= epoch_length(epoch_at):
+            weights = _weights(_pbest_mc(rng, succ, cnt, active), active, unresolved, routing, st)
+            epoch_at = t - 1
+        cum = weights.cumsum(1)
+        arm = np.minimum((rng.random(seeds)[:, None] >= cum).sum(1), k - 1)
+        prop = weights[rows, arm]
+        shift = sc.drift(t, sc.horizon) if sc.drift else 0.0
+        rate = np.clip(base + shift, 0.01, 0.99)
+        served = rate[arm]
+        y = (rng.random(seeds) < served).astype(float)
+        regret += rate.max() - served
+        if t == 1000:
+            regret_1000 = regret.copy()
+        cnt[rows, arm] += 1
+        succ[rows, arm] += y
+        # the ledger's update (EvidenceLedger.observe), vectorised
+        share *= 1.0 - 1.0 / SHARE_WINDOW
+        share[rows, arm] += 1.0 / SHARE_WINDOW
+        z = (y - m) / np.maximum(prop, 0.5 * share[rows, arm])
+        s_[rows, arm] += z
+        q_[rows, arm] += z * z
+        m += (y - m) / min(t, MEAN_WINDOW)
+        # decisions after every reward (policy.evaluate, vectorised)
+        sd = s_ - s_[:, :1]
+        vd = q_ + q_[:, :1]
+        b = boundary(vd, alpha_k[None], rho, log=np.log)
+        eligible = (cnt >= st.min_rollouts_for_best) & (sd > b) & active
+        eligible[:, 0] = False
+        prune = (cnt >= st.prune_min_rollouts) & (-sd > b) & active
+        has_inc = incumbent >= 0
+        inc = np.where(has_inc, incumbent, 0)
+        s_inc = s_ - s_[rows, inc][:, None]
+        v_inc = q_ + q_[rows, inc][:, None]
+        b_inc = boundary(v_inc, alpha_k[None], rho, log=np.log)
+        vs_inc = has_inc[:, None] & (np.arange(k)[None] != inc[:, None])
+        prune |= vs_inc & (cnt >= st.prune_min_rollouts) & (-s_inc > b_inc) & active
+        prune[:, 0] = False
+        eligible &= ~prune
+        lower = np.where(eligible, (sd - b) / t, -np.inf)
+        # naming with incumbency and rollback: the named best keeps its name until
+        # shown worse than the baseline (then it is also pruned: rows of `prune`)
+        worse = -sd > b
+        keep = has_inc & active[rows, inc] & ~worse[rows, inc] & ~prune[rows, inc]
+        beats_inc = eligible & vs_inc & (s_inc > b_inc)
+        replace = keep & beats_inc.any(1)
+        best_beater = np.where(beats_inc, lower, -np.inf).argmax(1)
+        any_el = eligible.any(1)
+        fresh = lower.argmax(1)
+        named = np.where(keep, np.where(replace, best_beater, inc), np.where(any_el, fresh, -1))
+        incumbent = named
+        if best_arm >= 0:
+            hit = (named == best_arm) & np.isinf(named_at)
+            named_at[hit] = t
+        wrong = (named >= 0) & ~better[np.maximum(named, 0)]
+        false_at[wrong & np.isinf(false_at)] = t
+        if best_arm >= 0:
+            archived_winner |= prune[:, best_arm]
+        active &= ~prune
+        # the baseline floor: no challenger named and one is unresolved
+        unresolved = (named < 0) & (active[:, 1:] & ~eligible[:, 1:]).any(1)
+    if sc.horizon < 1000:
+        regret_1000 = regret
+    return {
+        "false_at": false_at,
+        "named_at": named_at if best_arm >= 0 else np.zeros(0),
+        "winner_archived": archived_winner,
+        "regret": regret_1000,
+    }
+
+
+def simulate_alternative(
+    sc: Scenario, seeds: int, name: str, rng_seed: int, eps: float = 0.1
+) -> float:
+    """Mean regret at 1,000 rollouts (or the horizon) of a routing without our evidence:
+    plain Thompson sampling (frozen per epoch as ours), uniform, epsilon-greedy."""
+    rng = np.random.default_rng(rng_seed)
+    base = np.asarray(sc.rates)
+    k = len(base)
+    rows = np.arange(seeds)
+    succ = np.zeros((seeds, k))
+    cnt = np.zeros((seeds, k))
+    regret = np.zeros(seeds)
+    active = np.ones((seeds, k), dtype=bool)
+    weights = None
+    epoch_at = 0
+    horizon = min(1000, sc.horizon)
+    for t in range(1, horizon + 1):
+        if name == "plain thompson":
+            if weights is None or (t - 1) - epoch_at >= epoch_length(epoch_at):
+                weights = _pbest_mc(rng, succ, cnt, active)
+                epoch_at = t - 1
+            cum = weights.cumsum(1)
+            arm = np.minimum((rng.random(seeds)[:, None] >= cum).sum(1), k - 1)
+        elif name == "uniform":
+            arm = rng.integers(k, size=seeds)
+        else:
+            mean = (
+                np.where(cnt > 0, succ / np.maximum(cnt, 1), np.inf) + rng.random((seeds, k)) * 1e-9
+            )
+            arm = np.where(rng.random(seeds) < eps, rng.integers(k, size=seeds), mean.argmax(1))
+        shift = sc.drift(t, sc.horizon) if sc.drift else 0.0
+        rate = np.clip(base + shift, 0.01, 0.99)
+        served = rate[arm]
+        y = rng.random(seeds) < served
+        regret += rate.max() - served
+        cnt[rows, arm] += 1
+        succ[rows, arm] += y
+    return float(regret.mean())
+
+
+def _rate_by(arr: np.ndarray, h: int) -> float:
+    return float((arr <= h).mean()) if arr.size else float("nan")
+
+
+def _wilson_hi(p: float, n: int) -> float:
+    z = 1.96
+    den = 1 + z * z / n
+    c = p + z * z / (2 * n)
+    r = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (c + r) / den
 
 
 def main() -> None:
     """Run every scenario and print (and optionally write) the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=2000)
-    ap.add_argument("--refresh", type=int, default=10, help="rollouts between posterior refreshes")
-    ap.add_argument("--epsilon", type=float, default=0.1)
+    ap.add_argument("--seeds", type=int, default=500, help="seeds per scenario with a winner")
+    ap.add_argument("--null-seeds", type=int, default=2000, help="seeds per null scenario")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default="", help="run only scenarios whose title contains this")
+    ap.add_argument("--routing", default=",".join(ROUTINGS), help="our routings to run")
     ap.add_argument(
         "--write", action="store_true", help="update the Selection section of BENCHMARKS.md"
     )
-    ap.add_argument(
-        "--frozen-alternatives",
-        action="store_true",
-        help="freeze epsilon-greedy and greedy between refreshes too (side measurement)",
-    )
-    ap.add_argument("--only", default="", help="run only scenarios whose title contains this")
-    ap.add_argument(
-        "--ids", action="store_true", help="add the evaluated IDS routings (side measurement)"
-    )
-    ap.add_argument(
-        "--guard-alternatives",
-        action="store_true",
-        help="also name the alternatives' best with our guard (side measurement)",
-    )
+    ap.add_argument("--baseline-floor", type=float, default=None, help="override (exploration)")
     args = ap.parse_args()
-    strategies = STRATEGIES + (IDS_STRATEGIES if args.ids else ())
-    if args.write and (
-        args.frozen_alternatives or args.only or args.ids or args.guard_alternatives
-    ):
+    routings = [r for r in args.routing.split(",") if r]
+    if args.write and (args.only or args.routing != ",".join(ROUTINGS)):
         ap.error("--write publishes the standard run only")
+    st = PolicySettings()
+    if args.baseline_floor is not None:
+        import dataclasses
+
+        st = dataclasses.replace(st, baseline_floor=args.baseline_floor)
     t0 = time.perf_counter()
+    head = (
+        "| scenario | routing | seeds | false promotion (worst horizon) | named by 600 / 2,000 / 8,000 "
+        "| median rollouts to name | winner archived | regret @1,000 (vs plain TS) |"
+    )
     lines = [
         "## Selection",
         "",
-        "Routing and naming policies side by side on simulated candidates with known",
-        "success rates (Bernoulli rewards; the first rate is the baseline's), "
-        f"{args.seeds} seeds per scenario, in one run:",
+        "Promotion and routing on simulated sessions with known success rates (Bernoulli",
+        "rewards; the first rate is the baseline's), every decision taken after every reward",
+        "with the engine's own functions (`benchmarks/selection.py` doc). Defaults:",
+        f"`promotion_confidence` {st.promotion_confidence} (family-wise, anytime-valid),",
+        f"`min_rollouts_for_best` {st.min_rollouts_for_best}, baseline floor {st.baseline_floor},",
+        f"routing floor {st.routing_floor}. One run:",
         "",
         "```sh",
-        f".venv/bin/python benchmarks/selection.py --seeds {args.seeds} --write",
+        f".venv/bin/python benchmarks/selection.py --seeds {args.seeds} --null-seeds {args.null_seeds} --write",
         "```",
         "",
-        "Regret is the expected cumulative regret (sum over rollouts of best rate minus",
-        "served rate). P(correct) is the probability of naming the truly best candidate at",
-        "that budget; for ours, the guarded name the engine publishes (promotion needs 20",
-        "rewards and P(beats baseline) >= 0.9, Bonferroni over contenders, else the",
-        "baseline), and in brackets the unguarded highest-P(best) name. False promo is the",
-        "probability of naming a candidate worse than the baseline. Ours (thompson) is the",
-        "default routing; ours (sharpened) the opt-in `online_routing_sharpness` =",
-        f"{SHARPENED_ROUTING:g} (variance / {SHARPENED_ROUTING:g}, prior centred on the pooled mean). "
-        "Ours routes on a",
-        f"posterior frozen for {args.refresh} rollouts at a time, as the client's cache does;",
-        "the alternatives are not frozen (they see every reward at once; see the freeze",
-        f"note below). Epsilon-greedy uses epsilon = {args.epsilon}. The sharpness was chosen on",
-        "the four named scenarios; the three random ones (rates drawn per seed) are held",
-        "out.",
+        "False promotion: share of seeds in which a candidate not truly better than the",
+        "baseline was named at any point up to the horizon (all horizons up to it included:",
+        "the share can only grow with the horizon, so this is the worst), with the upper end of",
+        "its 95% Wilson interval. Named by N: share of seeds whose truly best candidate was",
+        "named within N rollouts. Regret: expected cumulative regret at 1,000 rollouts (the",
+        "horizon when shorter), ours and, in brackets, its ratio to plain Thompson sampling on",
+        "the same rates (no floors, no evidence).",
         "",
         f"Measured on {machine()}.",
         "",
+        head,
+        "| " + " | ".join(["---"] * 8) + " |",
     ]
-    scenarios: dict[str, list[float] | tuple[float, float, int]] = {**SCENARIOS, **HELD_OUT}
-    for title, rates in scenarios.items():
-        if args.only not in title:
+    print("\n".join(lines[-2:]), flush=True)
+    alt_lines = [
+        "",
+        "| scenario | plain thompson | uniform | epsilon-greedy (0.1) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for si, sc in enumerate(scenarios()):
+        if args.only not in sc.title:
             continue
-        res = run_scenario(
-            rates,
-            args.seeds,
-            args.refresh,
-            args.epsilon,
-            args.seed,
-            args.frozen_alternatives,
-            strategies,
-            args.guard_alternatives,
+        seeds = args.null_seeds if sc.null else args.seeds
+        alt = {
+            name: simulate_alternative(sc, seeds, name, args.seed + 7919 * si + 13 * j)
+            for j, name in enumerate(ALTERNATIVES)
+        }
+        alt_lines.append(
+            f"| {sc.title} | " + " | ".join(f"{alt[n]:.1f}" for n in ALTERNATIVES) + " |"
         )
-        if isinstance(rates, tuple):
-            a, b, k = rates
-            head = f"**{title}** (held out): {k} candidates, rates drawn per seed from Beta({a:g}, {b:g})"
-        else:
-            head = f"**{title}**: rates {rates} (best {max(rates)})"
-        lines.append(head)
-        lines.append("")
-        lines += _table(res)
-        lines.append("")
-        lines.append(f"_{_verdict(res)}._")
-        lines.append("")
-        print("\n".join(lines[-(len(res) + 6) :]), flush=True)
+        for ri, routing in enumerate(routings):
+            r = simulate(sc, seeds, routing, args.seed + 7919 * si + 101 * ri, st)
+            fp = float(np.isfinite(r["false_at"]).mean())
+            fp_txt = f"{fp:.3f} (<= {_wilson_hi(fp, seeds):.3f}) @{sc.horizon:,}"
+            if r["named_at"].size:
+                named = " / ".join(f"{_rate_by(r['named_at'], h):.2f}" for h in (600, 2000, 8000))
+                med = float(np.median(r["named_at"]))
+                med_txt = f"{med:,.0f}" if math.isfinite(med) else f"> {sc.horizon:,}"
+                arch = f"{float(r['winner_archived'].mean()):.3f}"
+            else:
+                named, med_txt, arch = "-", "-", "-"
+            reg = float(r["regret"].mean())
+            ratio = reg / alt["plain thompson"] if alt["plain thompson"] > 0 else float("nan")
+            row = (
+                f"| {sc.title} | {routing} | {seeds} | {fp_txt} | {named} | {med_txt} | {arch} "
+                f"| {reg:.1f} ({ratio:.2f}x) |"
+            )
+            lines.append(row)
+            print(row, flush=True)
+    lines += alt_lines
+    lines.append("")
     lines.append(f"Run time: {time.perf_counter() - t0:.0f} s.")
     lines.append("")
     text = "\n".join(lines)
-    print(text)
+    print("\n".join(alt_lines))
+    print(f"Run time: {time.perf_counter() - t0:.0f} s.")
     if args.write:
         _write_section(ROOT / "BENCHMARKS.md", text)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from synth_middleware._posterior import SHARPENED_ROUTING, top_two_weights
 from synth_middleware.client.candidates import parse_candidate
-from synth_middleware.client.selection import probability_best, routing_weights
+from synth_middleware.client.selection import probability_best, routing_from_state, routing_weights
 from synth_middleware.engine import Engine
 
 BASELINE = "You are a support assistant. Classify the user's request."
@@ -122,7 +122,8 @@ def simulate(
 
     ``rate_override(candidate_id, rate)`` lets a test change a candidate's true
     rate (regression). Rollout ids start at ``start`` so runs can continue.
-    ``routing`` is ``"thompson"`` (the client's default routing), ``"sharpened"``
+    ``routing`` is ``"thompson"`` (the client's default: the engine's published
+    routing weights), ``"plain"`` (Thompson on the statistics alone), ``"sharpened"``
     (sharpened Thompson sampling at ``SHARPENED_ROUTING``), ``"top_two"`` (top-two
     Thompson weights of P(best)) or ``"floor:f:k"`` (P(best) with a share ``f`` for
     the baseline until it has ``k`` rewards).
@@ -136,7 +137,9 @@ def simulate(
         cands = [parse_candidate(it) for it in items]
         base = next((c for c in cands if c.is_baseline), None)
         stats = [dict(stats_by[c.candidate_id]) for c in cands]
-        if routing == "thompson":
+        if routing == "thompson":  # what the client does: the engine's published weights
+            probs = routing_from_state(state, [c.candidate_id for c in cands], stats_by)
+        elif routing == "plain":
             probs = routing_weights(stats)
         elif routing == "sharpened":
             probs = routing_weights(stats, SHARPENED_ROUTING)

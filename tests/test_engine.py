@@ -529,7 +529,7 @@ def test_best_candidate_policy() -> None:
     def ev(type_: str, **payload: Any) -> None:
         st.apply(Event(next(seq), SID, type_, payload, 1.0))
 
-    # The full policy (posterior promotion, rollback, pruning) is tested in test_policy.py.
+    # The full policy (anytime-valid promotion, rollback, pruning) is in test_promotion.py.
     ev("session_created", kind="mipro_online", config={"min_rollouts_for_best": 3})
     ev("candidate_added", candidate_id="base", is_baseline=True, generation=0)
     ev("candidate_added", candidate_id="a", generation=0)
@@ -538,13 +538,15 @@ def test_best_candidate_policy() -> None:
     for v in (1.0, 1.0):
         ev("reward", candidate_id="a", value=v)
     assert st.to_wire()["best_candidate_id"] == "base"  # too few rewards
-    for _ in range(3):
+    for _ in range(40):  # a wins every time, the baseline never: evidence over the same period
         ev("reward", candidate_id="base", value=0.0)
-    ev("reward", candidate_id="a", value=1.0)
-    assert st.to_wire()["best_candidate_id"] == "a"  # P(a beats base) >= 0.9 with 3 rewards
-    for _ in range(3):
+        ev("reward", candidate_id="a", value=1.0)
+    assert st.to_wire()["best_candidate_id"] == "a"
+    assert st.to_wire()["policy"]["evidence"]["a"]["lower"] > 0
+    for _ in range(400):  # then it loses every time: shown worse, the name goes back
         ev("reward", candidate_id="base", value=1.0)
-    assert st.to_wire()["best_candidate_id"] == "base"  # no longer convincingly better
+        ev("reward", candidate_id="a", value=0.0)
+    assert st.to_wire()["best_candidate_id"] == "base"
     ev("candidate_archived", candidate_id="base")
     assert best_candidate(st.candidates, "base", 3).candidate_id == "a"  # type: ignore[union-attr]
 
@@ -725,10 +727,11 @@ def test_state_reads_under_rollouts_keep_the_posterior_and_rewards_move_it(
     engine.record_rollouts(rollouts(SID, [f"w{i}" for i in range(20)], cand))
     engine.record_rewards([reward(f"k{i}", f"w{i}", 1.0) for i in range(20)])
     before = engine.get_state(SID)["policy"]
-    for i in range(5):
+    for i in range(10):
         engine.record_rollouts(rollouts(SID, [f"more{i}"], base))
         assert engine.get_state(SID)["policy"] == before
-    engine.record_rewards([reward(f"m{i}", f"more{i}", 0.0) for i in range(5)])
+    # routing (and P(best)) move once per epoch: 10 rewards early in a session
+    engine.record_rewards([reward(f"m{i}", f"more{i}", 0.0) for i in range(10)])
     after = engine.get_state(SID)["policy"]
     assert after["probability_best"][base] < before["probability_best"][base]
 

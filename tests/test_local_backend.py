@@ -47,21 +47,21 @@ def test_full_flow(tmp_path: Path, store_target: str) -> None:
     backend.record_rollouts(
         [
             {"session_id": SID, "rollout_id": f"ro_{i}", "candidate_id": cid, "created_at": 1.0}
-            for i in range(25)
+            for i in range(60)
         ]
     )
     results = backend.record_rewards(
         [
             {"idempotency_key": f"k{i}", "rollout_id": f"ro_{i}", "value": 1.0, "created_at": 2.0}
-            for i in range(25)
+            for i in range(60)
         ]
     )
-    assert [r["status"] for r in results] == ["accepted"] * 25
-    # the baseline's own evidence (20 rewards of 0.0): the candidate clearly beats it
+    assert [r["status"] for r in results] == ["accepted"] * 60
+    # the baseline's own evidence (60 rewards of 0.0): the candidate clearly beats it
     backend.record_rewards(
         [
             {"idempotency_key": f"b{i}", "rollout_id": f"rb_{i}", "value": 0.0, "session_id": SID}
-            for i in range(20)
+            for i in range(60)
         ]  # type: ignore[misc]
     )
     state = backend.get_state(SID)
@@ -71,7 +71,7 @@ def test_full_flow(tmp_path: Path, store_target: str) -> None:
     assert [c["candidate_id"] for c in page["items"]] == [cid, base]
     assert page["items"][0]["candidate_content"] == "You are concise."
     item = backend.get_candidate(cid)
-    assert item["avg_reward"] == 1.0 and item["rollout_count"] == 25
+    assert item["avg_reward"] == 1.0 and item["rollout_count"] == 60
     assert backend.archive_candidate(SID, cid) is True
     assert backend.get_state(SID)["best_candidate_id"] == base  # archived: no longer best
     with pytest.raises(NotFoundError):

@@ -167,13 +167,12 @@ def test_simulation_finds_the_best_proposal(seed: int) -> None:
             for c in state["candidates"]
         }
         assert rates[best] >= max(rates.values()) - 0.061  # the best, up to the demo bonus
-        # bad proposals (q=0.30) were archived on posterior evidence (pruned or retired),
-        # or are dormant: P(best) < 1%, so routing gives them almost no traffic
+        # bad proposals (q=0.30) were archived on evidence (pruned), or are dormant:
+        # P(best) < 1%, so routing gives them almost no traffic
         pbest = state["policy"]["probability_best"]
         for c in state["candidates"]:
             if rates[c["candidate_id"]] < 0.4 and c["reward_count"] >= 5:  # evaluated ones
                 assert c["status"] == "archived" or pbest[c["candidate_id"]] < 0.01
-        assert sum(1 for c in state["candidates"] if c["status"] == "archived") >= 3
         base_rate = rates[state["baseline_candidate_id"]]
         assert all(b is None or rates[b] >= base_rate for b in res.best_trace)
         assert res.total_reward / 1200 > 0.7  # most traffic went to good candidates

@@ -24,7 +24,7 @@ from synth_middleware._posterior import (
 )
 from synth_middleware.client.selection import routing_weights as client_routing_weights
 from synth_middleware.engine import Engine, OptimizerOptions, SqliteStore, parse_session_config
-from synth_middleware.engine.policy import PolicySettings, evaluate, routing_weights
+from synth_middleware.engine.policy import PolicySettings, evaluate, mix_floors, routing_weights
 
 SID = "routing-sim"
 
@@ -42,11 +42,19 @@ def test_default_routing_is_plain_thompson_everywhere() -> None:
     assert routing_posteriors_from_rows(rows, False) == posteriors_from_rows(rows, False)
     st = stats((10, 0.5), (0, 0.0), (30, 0.8))
     assert client_routing_weights(st) == probability_best_from_stats(st)
-    # the engine publishes the same numbers it decides on
+    # the engine publishes Thompson's P(best) mixed with the floors (policy doc, "Routing"):
+    # nothing named and challengers unresolved, so the baseline keeps its floor
     d = evaluate([bern("b", 40, 20, is_baseline=True), bern("x", 30, 21), bern("y", 3, 1)], "b")
-    assert d.routing == d.probabilities()
-    assert d.to_json()["routing_weights"] == d.to_json()["probability_best"]
-    assert routing_weights(d) == pytest.approx(d.probabilities())
+    s = PolicySettings()
+    pb = list(d.probabilities().values())
+    assert list(d.routing.values()) == pytest.approx(mix_floors(pb, 0, True, s))
+    assert d.routing["b"] >= s.baseline_floor and min(d.routing.values()) >= s.routing_floor
+    assert sum(d.routing.values()) == pytest.approx(1.0)
+    assert routing_weights(d) == pytest.approx(d.routing)
+    # without floors it is plain Thompson sampling
+    bare = PolicySettings(baseline_floor=0.0, routing_floor=0.0)
+    d0 = evaluate([bern("b", 40, 20, is_baseline=True), bern("x", 30, 21)], "b", bare)
+    assert d0.routing == pytest.approx(d0.probabilities())
 
 
 def test_sharpened_beta_posteriors_exact_values() -> None:
@@ -110,6 +118,7 @@ def test_sharpening_only_moves_traffic_never_decisions() -> None:
     )
     rows = [(c.reward_count, c.mean, c.m2) for c in cands]
     expected = probability_best(routing_posteriors_from_rows(rows, True, SHARPENED_ROUTING))
+    expected = mix_floors(expected, 0, True, PolicySettings())
     assert list(sharp.routing.values()) == pytest.approx(expected)
     assert sharp.routing["a"] > plain.routing["a"]  # more traffic for the leader
     assert sum(sharp.routing.values()) == pytest.approx(1.0)

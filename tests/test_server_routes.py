@@ -498,8 +498,8 @@ def test_sse_events_stream_state_and_best_changes(http: httpx.Client, server: An
             "session_id": sid,
             "candidate_id": c,
         }
+        for i in range(40)  # interleaved: evidence over the same period
         for c, v in ((base, 0.0), (cid, 1.0))
-        for i in range(8)
     ]
     assert http.post("/api/v1/rewards/batch", json={"rewards": rewards}).status_code == 200
     t.join(10)

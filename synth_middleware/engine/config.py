@@ -81,29 +81,42 @@ class SessionConfig(BaseModel):
         description="rewards a candidate needs before it can be named best",
     )
     promotion_confidence: float = Field(
-        0.9,
+        0.95,
         gt=0.5,
         lt=1.0,
         validation_alias=AliasChoices("promotion_confidence", "online_promotion_confidence"),
-        description="P(candidate beats the baseline) needed to name it best (and to keep it)",
+        description="1 - the chance that a generation ever names a challenger not truly better "
+        "than the baseline (anytime-valid, checked after every reward)",
     )
     online_promotion_bonferroni: bool = Field(
         True,
         strict=True,
-        description="divide the promotion error level by the number of contenders",
+        description="spend the error level over the generation's challengers (the k-th is "
+        "tested at alpha / (k (k + 1))); off tests each at alpha",
     )
     online_prune_min_rollouts: int = _int(
         20, description="rewards a candidate needs before it can be pruned"
     )
     online_prune_confidence: float = Field(
-        0.95, gt=0.5, lt=1.0, description="P(worse) needed to prune a candidate"
+        0.95, gt=0.5, lt=1.0, description="P(mean below online_prune_threshold) needed to prune"
     )
     online_prune_margin: float = Field(
         0.01,
         ge=0.0,
-        description="also prune a candidate (not the named best) that is not better than the "
-        "leader by more than this margin (reward units) with probability >= "
-        "online_prune_confidence; 0 prunes only candidates worse than the leader",
+        description="accepted for older configs; pruning now needs anytime-valid evidence "
+        "that a candidate is worse than the baseline or the named best",
+    )
+    online_routing: Literal["thompson", "top_two"] = Field(
+        "thompson", description="routing: Thompson sampling or top-two Thompson, with floors"
+    )
+    online_baseline_floor: float = Field(
+        0.2,
+        ge=0.0,
+        le=0.5,
+        description="share of traffic the baseline keeps while any challenger is unresolved",
+    )
+    online_routing_floor: float = Field(
+        0.01, ge=0.0, le=0.1, description="share of traffic every active candidate keeps"
     )
     online_prune_threshold: float | None = Field(
         None,

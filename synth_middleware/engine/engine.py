@@ -288,9 +288,13 @@ class Engine:
         state = self._states.get(session_id)
         if state is None:
             snap = src.load_snapshot(session_id)
+            state = None
             if snap is not None:
-                state = SessionStateMachine.from_snapshot(snap[1])
-            else:
+                try:
+                    state = SessionStateMachine.from_snapshot(snap[1])
+                except (ValueError, KeyError, TypeError):
+                    state = None  # an older snapshot format: replay the log instead
+            if state is None:
                 state = SessionStateMachine(session_id)
             self._snap_at[session_id] = state.applied_events
         else:

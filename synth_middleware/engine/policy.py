@@ -1,71 +1,62 @@
-"""The selection policy: who is best, who is promoted, who is pruned.
+"""The selection policy: who is best, who is promoted, who is pruned, who gets traffic.
 
-Decisions are made on posterior probabilities (:mod:`synth_middleware._posterior`),
-never on "the sum went up over three samples":
+**What a named best means.** A candidate other than the baseline is named best
+only when anytime-valid evidence gathered over the same period as the
+baseline's shows it beats the baseline: checked after every reward, under
+adaptive routing and traffic whose difficulty drifts, the chance that any
+challenger of a generation is ever named while not truly better than the
+baseline is at most ``1 - promotion_confidence`` (5% by default). The
+evidence is :mod:`synth_middleware.engine.evidence` (augmented inverse-propensity
+differences, a normal-mixture confidence sequence, alpha spent over the
+generation's challengers in creation order).
 
-* **P(best)** of every active candidate (Beta posteriors for rewards in [0, 1],
-  Normal otherwise). Every decision below is made on it and on these
-  posteriors.
-* **Routing.** Serving draws from ``routing_weights`` (published next to
-  ``probability_best``): plain Thompson sampling, i.e. P(best) itself, by
-  default. ``online_routing_sharpness`` > 1 (``SHARPENED_ROUTING`` = 6 is the
-  measured value) routes on sharpened posteriors instead
-  (:func:`synth_middleware._posterior.routing_posteriors_from_rows`: variance
-  divided by the sharpness, prior centred on the session's pooled mean): less
-  regret, but the baseline gets fewer rewards, so promotion (below), which
-  needs evidence against the baseline, comes much later. Measured in
-  ``benchmarks/selection.py``; see BENCHMARKS.md. The sharpened posterior is
-  over-confident by design: no promotion, pruning or retiring is ever decided
-  on it. Top-two Thompson for identification routes on the sound P(best)
-  (:func:`routing_weights`).
-* **Promotion.** A non-baseline candidate is *eligible* once it has at least
-  ``min_rollouts_for_best`` rewards and beats the baseline with probability
-  at least ``promotion_confidence`` (default 0.9). While the baseline itself
-  has fewer than ``min_rollouts_for_best`` rewards (Thompson routing starves
-  it when a lucky candidate looks better) the bar is ten times stricter on
-  the error side (0.99 for 0.9): a thin baseline is beaten only by
-  overwhelming evidence. With ``m`` > 1 contenders (candidates with enough
-  rewards) the error side is also divided by ``m`` (Bonferroni,
-  ``online_promotion_bonferroni``, default on): each contender compared with
-  the baseline at 0.9 would let one of them clear the bar by luck far more
-  often than 10% of the time. Measured in the simulations of
-  ``benchmarks/selection.py``; see BENCHMARKS.md. The named best is the eligible
-  candidate (or the baseline) with the highest P(best). With no eligible
-  candidate the baseline is named.
-* **Incumbency.** Once named (``incumbent``, recorded by the optimizer
-  runner), a candidate stays the best while it is eligible, unless another
-  eligible candidate beats *it* with probability >= ``promotion_confidence``:
-  replacing the best needs the same evidence as replacing the baseline, so
-  two equally good candidates do not take turns.
-* **Demotion / rollback** follows from the same rule, evaluated afresh on
-  every state version: when a promoted candidate's P(beats baseline) falls
-  below the level, it stops being eligible and the name goes back to the
-  next eligible candidate or the baseline.
-* **Pruning.** A non-baseline candidate with at least
-  ``online_prune_min_rollouts`` rewards is archived when it is worse than the
-  leader (highest P(best)) with probability at least
-  ``online_prune_confidence`` (0.95), or, when ``online_prune_threshold`` is
-  set (the hosted dialect's absolute reward floor), when its mean is below
-  that floor with the same probability. With ``online_prune_margin`` > 0
-  (default 0.01), a candidate other than the named best is also archived when
-  it is not better than the leader by more than the margin with that
-  probability, so practically equal candidates do not hold live slots forever
-  (``P(mean_c <= mean_leader + margin) >= 0.95``; margin 0 is the plain rule).
-* **Retiring.** Thompson routing starves a bad candidate long before it has
-  ``online_prune_min_rollouts`` rewards. Once its P(best) is below
-  ``online_dormant_probability`` (1%) with at least
-  ``online_retire_min_rollouts`` (5) rewards, it is archived as *retired*
-  (never the leader, the named best or the baseline): the posterior already
-  gives it almost no traffic, and the live set stays small.
+* **Promotion.** Challenger ``c`` (the k-th of its generation) is *eligible*
+  once it has ``min_rollouts_for_best`` rewards and its evidence against the
+  baseline clears the boundary at level ``alpha / (k (k + 1))``
+  (``alpha = 1 - promotion_confidence``; ``online_promotion_bonferroni=False``
+  tests every challenger at ``alpha``). With no baseline, every candidate with
+  enough rewards is eligible.
+* **Naming and incumbency.** The named best is the incumbent (the previously
+  named best, recorded by the optimizer runner) until the evidence shows it
+  worse than the baseline, unless another eligible candidate beats *it* on the
+  same evidence rule; otherwise the eligible candidate with the highest lower
+  bound on its gain; otherwise the baseline. (Keeping the name until shown
+  worse, rather than while the bound stays above zero, is what stops a named
+  best from flapping: once it is named the baseline's traffic falls, and each
+  of its rare rewards widens the interval.)
+* **Rollback.** The same evidence read the other way: a named best shown worse
+  than the baseline (its upper bound below zero, at its own level) loses the
+  name, which goes to the next eligible candidate or back to the baseline, and
+  it is archived.
+* **Pruning.** A challenger with at least ``online_prune_min_rollouts`` rewards
+  is archived only when the same evidence, at its own level, shows it worse
+  than the baseline or than the named best. (``online_prune_threshold``, the
+  hosted dialect's absolute floor, still archives on the posterior when set.)
+  Nothing is archived for looking unlikely to be best: a live winner that had
+  an unlucky start keeps its slot.
+* **Routing** (``routing_weights`` of the published state, what clients draw
+  from): Thompson sampling (``online_routing="thompson"``, P(best) of the
+  Beta/Normal posteriors) or top-two Thompson, mixed with floors: while no
+  challenger is named and any is unresolved (neither eligible nor pruned), the
+  baseline keeps ``online_baseline_floor`` of the traffic (20%), and every
+  active candidate keeps ``online_routing_floor`` (1%), so the evidence above keeps coming and the
+  propensities stay bounded. Routing is recomputed per *epoch* (every
+  ``max(10, rewards / 50)`` rewards and whenever the candidate set, config or
+  incumbent changes) by the session state, so the propensity of each reward
+  is known exactly on replay. Measured in ``benchmarks/selection.py``; see
+  BENCHMARKS.md "Selection".
 
-:func:`evaluate` is a pure function of the candidates' statistics, so every
-process (and a replay of the log) names the same best.
+P(best) is still computed (routing, the dashboard, "dormant" optimizer slots)
+but never decides a promotion or an archive.
+
+:func:`evaluate` is a pure function of the candidates, their evidence and the
+incumbent, so every process (and a replay of the log) names the same best.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -75,18 +66,25 @@ from synth_middleware._posterior import (
     Row,
     posteriors_from_rows,
     prob_below,
-    probability_best,
     routing_posteriors_from_rows,
     top_two_weights,
 )
 from synth_middleware.engine.config import SessionConfig
+from synth_middleware.engine.evidence import (
+    DEFAULT_RHO_REWARDS,
+    EvidenceLedger,
+    PairEvidence,
+    challenger_alpha,
+)
 
 __all__ = [
     "CandidateLike",
     "CandidateVerdict",
     "PolicyDecision",
     "PolicySettings",
+    "epoch_length",
     "evaluate",
+    "mix_floors",
     "routing_weights",
 ]
 
@@ -94,7 +92,10 @@ RoutingMode = Literal["thompson", "top_two"]
 
 
 class CandidateLike(Protocol):
-    """What the policy reads from a candidate (``CandidateState`` fits)."""
+    """What the policy reads from a candidate (``CandidateState`` fits).
+
+    ``seq`` (creation order) and ``generation`` are read when present: they
+    give a challenger its index for the alpha spending."""
 
     candidate_id: str
     status: str
@@ -109,15 +110,22 @@ class PolicySettings:
     """The policy's knobs (from :class:`~synth_middleware.engine.config.SessionConfig`)."""
 
     min_rollouts_for_best: int = 20
-    promotion_confidence: float = 0.9
+    promotion_confidence: float = 0.95
     prune_min_rollouts: int = 20
     prune_confidence: float = 0.95
     prune_threshold: float | None = None
-    prune_margin: float = 0.0
     dormant_probability: float = 0.01
-    retire_min_rollouts: int = 5
-    bonferroni: bool = True
+    bonferroni: bool = True  # spend alpha over the generation's challengers
     routing_sharpness: float = DEFAULT_ROUTING_SHARPNESS
+    routing: RoutingMode = "thompson"
+    baseline_floor: float = 0.2
+    routing_floor: float = 0.01
+    rho_rewards: float = DEFAULT_RHO_REWARDS
+
+    @property
+    def alpha(self) -> float:
+        """The family-wise false-promotion level of a generation."""
+        return 1.0 - self.promotion_confidence
 
     @classmethod
     def from_config(cls, cfg: SessionConfig) -> PolicySettings:
@@ -128,11 +136,12 @@ class PolicySettings:
             prune_min_rollouts=cfg.online_prune_min_rollouts,
             prune_confidence=cfg.online_prune_confidence,
             prune_threshold=cfg.online_prune_threshold,
-            prune_margin=cfg.online_prune_margin,
             dormant_probability=cfg.online_dormant_probability,
-            retire_min_rollouts=cfg.online_retire_min_rollouts,
             bonferroni=cfg.online_promotion_bonferroni,
             routing_sharpness=_sharpness(getattr(cfg, "online_routing_sharpness", None)),
+            routing=cfg.online_routing,
+            baseline_floor=cfg.online_baseline_floor,
+            routing_floor=cfg.online_routing_floor,
         )
 
     @classmethod
@@ -163,6 +172,21 @@ def _sharpness(value: Any) -> float:
     return out if math.isfinite(out) and out >= 1.0 else DEFAULT_ROUTING_SHARPNESS
 
 
+def epoch_length(reward_count: int) -> int:
+    """Rewards between two routing recomputations: ``max(10, rewards // 50)``.
+
+    Thompson weights move less as evidence piles up, so epochs lengthen with
+    the session (about 300 recomputations over 100,000 rewards)."""
+    return max(10, int(reward_count) // 50)
+
+
+def rho_for(settings: PolicySettings, reward_range: float = 1.0) -> float:
+    """The mixture parameter in variance units: ``rho_rewards`` rewards of the
+    largest variance a reward of that range can have (``range**2 / 4``)."""
+    r = reward_range if math.isfinite(reward_range) and reward_range > 0 else 1.0
+    return settings.rho_rewards * r * r / 4.0
+
+
 @dataclass(frozen=True, slots=True)
 class CandidateVerdict:
     """The policy's view of one active candidate."""
@@ -172,9 +196,28 @@ class CandidateVerdict:
     mean: float  # posterior mean
     sd: float  # posterior sd
     p_best: float
-    p_beats_baseline: float | None  # None for the baseline itself
+    p_beats_baseline: float | None  # posterior, for display; None for the baseline
     eligible: bool  # may be named best
     prune_reason: str | None = None
+    index: int = 0  # challenger index in its generation (alpha spending); 0: the baseline
+    alpha: float | None = None  # the level its evidence is tested at
+    effect: float | None = None  # mean gain over the baseline in the common period
+    effect_lower: float | None = None  # anytime-valid bounds on that gain (each at alpha)
+    effect_upper: float | None = None
+    unresolved: bool = False  # neither eligible nor pruned: the baseline floor stays
+
+    def evidence_json(self) -> dict[str, Any]:
+        """The promotion evidence as the session state shows it."""
+        return {
+            "n": self.n,
+            "index": self.index,
+            "alpha": self.alpha,
+            "effect": self.effect,
+            "lower": self.effect_lower,
+            "upper": self.effect_upper,
+            "eligible": self.eligible,
+            "unresolved": self.unresolved,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +238,11 @@ class PolicyDecision:
         """``(candidate_id, reason)`` of every candidate the policy would archive now."""
         return [(v.candidate_id, v.prune_reason) for v in self.verdicts.values() if v.prune_reason]
 
+    @property
+    def unresolved(self) -> bool:
+        """Whether any challenger is neither eligible nor pruned."""
+        return any(v.unresolved for v in self.verdicts.values())
+
     def probabilities(self) -> dict[str, float]:
         """P(best) by candidate id."""
         return {cid: v.p_best for cid, v in self.verdicts.items()}
@@ -209,11 +257,51 @@ class PolicyDecision:
             "best_p_beats_baseline": best.p_beats_baseline if best is not None else None,
             "probability_best": {cid: round(v.p_best, 6) for cid, v in self.verdicts.items()},
             "routing_weights": {cid: round(p, 6) for cid, p in self.routing.items()},
+            "evidence": {cid: v.evidence_json() for cid, v in self.verdicts.items() if v.index > 0},
         }
 
 
-def _rows(cands: list[CandidateLike]) -> list[Row]:
+def _rows(cands: Sequence[CandidateLike]) -> list[Row]:
     return [(c.reward_count, c.mean, c.m2 if c.reward_count > 1 else 0.0) for c in cands]
+
+
+def _indices(candidates: Sequence[CandidateLike], baseline_id: str | None) -> dict[str, int]:
+    """Each challenger's 1-based index in creation order (archived ones count: they
+    spent their alpha). The baseline's generation comes first."""
+    base = next((c for c in candidates if c.candidate_id == baseline_id), None)
+    gen = getattr(base, "generation", 0) if base is not None else 0
+    order = sorted(
+        (c for c in candidates if c.candidate_id != baseline_id and not c.is_baseline),
+        key=lambda c: (getattr(c, "generation", gen) != gen, getattr(c, "seq", 0)),
+    )
+    return {c.candidate_id: k for k, c in enumerate(order, start=1)}
+
+
+def mix_floors(
+    weights: Sequence[float], base_i: int | None, unresolved: bool, settings: PolicySettings
+) -> list[float]:
+    """Routing probabilities: ``weights`` (Thompson or top-two) mixed with the floors
+    (module doc, "Routing"). Every active candidate gets at least the routing
+    floor; the baseline at least the baseline floor while a challenger is unresolved."""
+    k = len(weights)
+    if k == 0:
+        return []
+    total = math.fsum(weights)
+    if not total > 0 or not math.isfinite(total):
+        base_w = [1.0 / k] * k
+    else:
+        base_w = [w / total for w in weights]
+    if k == 1:
+        return [1.0]
+    eps = settings.routing_floor
+    f0 = settings.baseline_floor if (unresolved and base_i is not None) else 0.0
+    if eps * k + f0 > 0.9:  # many candidates: floors never take over the routing
+        eps = max(0.0, (0.9 - f0) / k)
+    keep = 1.0 - eps * k - f0
+    out = [keep * w + eps for w in base_w]
+    if f0 and base_i is not None:
+        out[base_i] += f0
+    return out
 
 
 def evaluate(
@@ -223,69 +311,102 @@ def evaluate(
     *,
     bounded: bool | None = None,
     incumbent: str | None = None,
+    evidence: EvidenceLedger | None = None,
+    reward_range: float = 1.0,
+    routing: Mapping[str, float] | None = None,
+    pbest: Mapping[str, float] | None = None,
 ) -> PolicyDecision:
     """Apply the policy to the active candidates among ``candidates``.
 
+    ``evidence`` is the session's ledger (no ledger: nothing is eligible but
+    the baseline, nothing is pruned on evidence). ``routing`` and ``pbest``,
+    when given, are the current epoch's (the session state passes them so a
+    read does not recompute them); otherwise they are computed here.
     ``bounded`` says whether every reward lies in [0, 1] (Beta posteriors);
-    ``None`` guesses from the means. ``incumbent`` is the currently named best
-    (module doc, "Incumbency"). Archived candidates are ignored; an archived
-    or missing baseline means "no baseline" (nothing to beat).
+    ``None`` guesses from the means. ``incumbent`` is the currently named best.
+    Archived candidates are ignored (but count for the challenger indices);
+    an archived or missing baseline means "no baseline" (nothing to beat).
     """
     s = settings or PolicySettings()
-    active = [c for c in candidates if c.status == "active"]
+    every = list(candidates)
+    active = [c for c in every if c.status == "active"]
     if not active:
         return PolicyDecision(None, None, baseline_id, True if bounded is None else bounded)
     if bounded is None:
         bounded = all(c.reward_count == 0 or 0.0 <= c.mean <= 1.0 for c in active)
     rows = _rows(active)
     posts = posteriors_from_rows(rows, bounded)
-    grid = Grid(posts)  # one discretisation for P(best) and every pairwise probability
-    pbest = grid.probability_best()
+    if pbest is not None and all(c.candidate_id in pbest for c in active):
+        pb = [float(pbest[c.candidate_id]) for c in active]
+        grid = None
+    else:
+        grid = Grid(posts)
+        pb = grid.probability_best()
     by_id = {c.candidate_id: i for i, c in enumerate(active)}
     base_i = by_id.get(baseline_id) if baseline_id is not None else None
-    leader_i = max(range(len(active)), key=lambda i: (pbest[i], i == base_i, -i))
-    base_count = active[base_i].reward_count if base_i is not None else s.min_rollouts_for_best
-    level = s.promotion_confidence
-    if base_count < s.min_rollouts_for_best:
-        level = 1.0 - (1.0 - level) / 10.0
-    if s.bonferroni:
-        contenders = sum(
-            1
-            for i, c in enumerate(active)
-            if i != base_i and c.reward_count >= s.min_rollouts_for_best
-        )
-        if contenders > 1:
-            level = 1.0 - (1.0 - level) / contenders
+    base_cid = active[base_i].candidate_id if base_i is not None else None
+    leader_i = max(range(len(active)), key=lambda i: (pb[i], i == base_i, -i))
+    indices = _indices(every, base_cid)
+    rho = rho_for(s, reward_range)
+    inc_i = by_id.get(incumbent) if incumbent is not None else None
+    if inc_i == base_i:
+        inc_i = None
+
+    def pair(i: int, j: int) -> PairEvidence | None:
+        if evidence is None:
+            return None
+        return evidence.pair(active[i].candidate_id, active[j].candidate_id)
 
     verdicts: dict[str, CandidateVerdict] = {}
     eligible_is: list[int] = []
+    worse: set[int] = set()  # shown worse than the baseline (a named best loses its name)
+    lower: dict[int, float] = {}
+    levels: dict[int, float] = {}
     for i, c in enumerate(active):
         post = posts[i]
         if i == base_i:
             verdicts[c.candidate_id] = CandidateVerdict(
-                c.candidate_id, c.reward_count, post.mean, post.sd, pbest[i], None, True
+                c.candidate_id, c.reward_count, post.mean, post.sd, pb[i], None, True
             )
             continue
-        p_beats = grid.prob_greater(i, base_i) if base_i is not None else None
-        eligible = c.reward_count >= s.min_rollouts_for_best and (
-            p_beats is None or p_beats >= level
-        )
+        k = indices.get(c.candidate_id, len(indices) + 1)
+        level = challenger_alpha(k, s.alpha, spend=s.bonferroni)
+        levels[i] = level
+        p_beats = None
+        effect = lo = hi = None
+        ev = pair(i, base_i) if base_i is not None else None
+        if base_i is not None:
+            # for display only: a normal approximation when there is no grid (reads)
+            p_beats = _p_greater(post, posts[base_i])
+        if ev is not None:
+            effect = ev.estimate
+            lo, hi = ev.interval(level, rho)
+            if not math.isfinite(lo):
+                lo = hi = None
+        enough = c.reward_count >= s.min_rollouts_for_best
+        if base_i is None:
+            eligible = enough
+        else:
+            eligible = enough and ev is not None and ev.beats(level, rho)
         reason = None
+        if ev is not None and ev.loses(level, rho):
+            worse.add(i)
         if c.reward_count >= s.prune_min_rollouts:
-            if i != leader_i:
-                p_worse = grid.prob_greater(leader_i, i)
-                if p_worse >= s.prune_confidence:
+            if i in worse:
+                reason = (
+                    f"pruned: worse than the baseline {base_cid} (gain {effect:+.3g}, "
+                    f"anytime-valid upper bound {hi:+.3g} at level {level:.2g}) "
+                    f"after {c.reward_count} rewards"
+                )
+            elif inc_i is not None and inc_i != i:
+                ev_inc = pair(i, inc_i)
+                if ev_inc is not None and ev_inc.loses(level, rho):
+                    up = ev_inc.interval(level, rho)[1]
                     reason = (
-                        f"pruned: worse than {active[leader_i].candidate_id} with "
-                        f"P={p_worse:.3f} after {c.reward_count} rewards"
+                        f"pruned: worse than the named best {active[inc_i].candidate_id} "
+                        f"(gain {ev_inc.estimate:+.3g}, anytime-valid upper bound {up:+.3g} "
+                        f"at level {level:.2g}) after {c.reward_count} rewards"
                     )
-                elif s.prune_margin > 0 and c.candidate_id != incumbent:
-                    p_not = 1.0 - grid.prob_greater(i, leader_i, shift=s.prune_margin)
-                    if p_not >= s.prune_confidence:
-                        reason = (
-                            f"pruned: not better than {active[leader_i].candidate_id} by "
-                            f"{s.prune_margin:g} with P={p_not:.3f} after {c.reward_count} rewards"
-                        )
             if reason is None and s.prune_threshold is not None:
                 p_low = prob_below(post, s.prune_threshold)
                 if p_low >= s.prune_confidence:
@@ -293,40 +414,48 @@ def evaluate(
                         f"pruned: mean below {s.prune_threshold:g} with "
                         f"P={p_low:.3f} after {c.reward_count} rewards"
                     )
-        if (
-            reason is None
-            and i != leader_i
-            and c.candidate_id != incumbent
-            and c.reward_count >= s.retire_min_rollouts
-            and pbest[i] < s.dormant_probability
-        ):
-            reason = f"retired: dormant, P(best)={pbest[i]:.2g} after {c.reward_count} rewards"
         if reason is not None:
             eligible = False
         verdicts[c.candidate_id] = CandidateVerdict(
-            c.candidate_id, c.reward_count, post.mean, post.sd, pbest[i], p_beats, eligible, reason
+            c.candidate_id,
+            c.reward_count,
+            post.mean,
+            post.sd,
+            pb[i],
+            p_beats,
+            eligible,
+            reason,
+            k,
+            level,
+            effect,
+            lo,
+            hi,
+            unresolved=not eligible and reason is None,
         )
         if eligible:
             eligible_is.append(i)
-    inc_i = by_id.get(incumbent) if incumbent is not None else None
-    if inc_i is not None and inc_i not in eligible_is:
-        inc_i = None  # the baseline as incumbent, or a demoted candidate: no incumbency
+            lower[i] = lo if lo is not None else -math.inf
+    if inc_i is not None and (inc_i in worse or verdicts[active[inc_i].candidate_id].prune_reason):
+        inc_i = None  # demoted (rollback): the name goes to the next eligible or the baseline
     if inc_i is not None:
-        challengers = [
-            i
-            for i in eligible_is
-            if i != inc_i and grid.prob_greater(i, inc_i) >= s.promotion_confidence
-        ]
-        best_i: int | None = max(challengers, key=lambda i: pbest[i]) if challengers else inc_i
+        challengers = []
+        for i in eligible_is:
+            if i == inc_i:
+                continue
+            ev_inc = pair(i, inc_i)
+            if ev_inc is not None and ev_inc.beats(levels[i], rho):
+                challengers.append(i)
+        best_i: int | None = max(challengers, key=lambda i: lower[i]) if challengers else inc_i
     elif eligible_is:
-        best_i = max(eligible_is, key=lambda i: pbest[i])
+        best_i = max(eligible_is, key=lambda i: (lower[i], pb[i]))
     else:  # nothing eligible: the baseline (if any) stays the named best
         best_i = base_i
     best_id = active[best_i].candidate_id if best_i is not None else None
-    if s.routing_sharpness == DEFAULT_ROUTING_SHARPNESS:
-        route = pbest  # plain Thompson: no second grid
+    if routing is not None and all(c.candidate_id in routing for c in active):
+        route = [float(routing[c.candidate_id]) for c in active]
     else:
-        route = probability_best(routing_posteriors_from_rows(rows, bounded, s.routing_sharpness))
+        floor = best_i == base_i and any(v.unresolved for v in verdicts.values())
+        route = _route(active, rows, bounded, pb, base_i, floor, s)
     return PolicyDecision(
         best_id,
         active[leader_i].candidate_id,
@@ -338,16 +467,39 @@ def evaluate(
     )
 
 
-def routing_weights(
-    decision: PolicyDecision, mode: RoutingMode = "thompson", beta: float = 0.5
-) -> dict[str, float]:
-    """Serving probability per active candidate.
+def _p_greater(a: Any, b: Any) -> float:
+    sd = math.sqrt(a.sd * a.sd + b.sd * b.sd)
+    if not sd > 0:
+        return 0.5 if a.mean == b.mean else float(a.mean > b.mean)
+    return 0.5 * (1.0 + math.erf((a.mean - b.mean) / (sd * math.sqrt(2.0))))
 
-    ``"thompson"``: ``decision.routing`` (module doc, "Routing"); a decision built
-    without it falls back to the sound P(best). ``"top_two"``: the top-two
-    Thompson mixture of the sound P(best), for identification (it explores more
-    on purpose, so sharpening would defeat it).
-    """
+
+def _route(
+    active: Sequence[CandidateLike],
+    rows: Sequence[Row],
+    bounded: bool,
+    pb: Sequence[float],
+    base_i: int | None,
+    floor: bool,
+    s: PolicySettings,
+) -> list[float]:
+    if s.routing == "top_two":
+        weights = top_two_weights(pb)
+    elif s.routing_sharpness == DEFAULT_ROUTING_SHARPNESS:
+        weights = list(pb)  # plain Thompson: no second grid
+    else:
+        weights = Grid(
+            routing_posteriors_from_rows(rows, bounded, s.routing_sharpness)
+        ).probability_best()
+    return mix_floors(weights, base_i, floor, s)
+
+
+def routing_weights(
+    decision: PolicyDecision, mode: RoutingMode | None = None, beta: float = 0.5
+) -> dict[str, float]:
+    """Serving probability per active candidate: ``decision.routing`` (module doc,
+    "Routing"). ``mode="top_two"`` recomputes the top-two Thompson mixture of
+    P(best) without floors (for comparisons)."""
     ids = list(decision.verdicts)
     if mode == "top_two":
         probs = top_two_weights([decision.verdicts[cid].p_best for cid in ids], beta)

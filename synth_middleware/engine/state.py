@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from synth_middleware.backends.base import CandidateItem, CandidateStats, SessionState
+from synth_middleware.engine.evidence import EvidenceLedger
 
 if TYPE_CHECKING:
     from synth_middleware.engine.policy import PolicyDecision, PolicySettings
@@ -47,7 +48,7 @@ OPTIMIZER_INTERNAL_KEYS = frozenset({"lease", "pool"})
 SESSION_STATUSES = ("running", "paused", "cancelled", "completed")
 CANDIDATE_STATUSES = ("active", "archived")
 DEFAULT_MIN_REWARDS_FOR_BEST = 20
-_SNAPSHOT_FORMAT = 1
+_SNAPSHOT_FORMAT = 2  # 2: the evidence ledger and the routing epoch
 # The optimizer key naming the incumbent best (an input of the policy).
 _INCUMBENT = "best_candidate_id"
 
@@ -166,8 +167,10 @@ def best_candidate(
     """The named best under :func:`synth_middleware.engine.policy.evaluate` with
     default settings and ``min_rewards`` as the promotion minimum.
 
-    A candidate is named only once it has ``min_rewards`` rewards and beats the
-    baseline with posterior probability >= 0.9; otherwise the baseline.
+    Without the session's evidence ledger no challenger can show it beats the
+    baseline, so this names the baseline unless there is none (then the
+    candidate with ``min_rewards`` rewards and the highest P(best)); use
+    :meth:`SessionStateMachine.best` for a session.
     """
     from synth_middleware.engine.policy import PolicySettings, evaluate
 
@@ -187,14 +190,18 @@ class SessionStateMachine:
     """
 
     __slots__ = (
+        "_pbest",
         "_policy",
         "_policy_inputs",
+        "_routing",
+        "_routing_at",
         "_settings",
         "applied_events",
         "baseline_candidate_id",
         "candidates",
         "config",
         "created_at",
+        "evidence",
         "generation",
         "kind",
         "min_rewards_for_best",
@@ -233,6 +240,13 @@ class SessionStateMachine:
         self._policy_inputs = 0
         self._policy: tuple[int, PolicyDecision] | None = None  # (_policy_inputs, decision)
         self._settings: PolicySettings | None = None
+        # Promotion evidence (engine.evidence) and the routing epoch it needs: routing
+        # weights are recomputed only at deterministic points of the log (policy
+        # doc, "Routing"), so each reward's propensity is known on replay.
+        self.evidence = EvidenceLedger()
+        self._routing: dict[str, float] | None = None
+        self._pbest: dict[str, float] | None = None
+        self._routing_at = 0
 
     @property
     def exists(self) -> bool:
@@ -275,6 +289,7 @@ class SessionStateMachine:
         self.created_at = event.created_at
         self.status = "running"
         self._config_changed()
+        self._new_epoch()
 
     def _config_changed(self) -> None:
         from synth_middleware.engine.policy import PolicySettings
@@ -286,16 +301,18 @@ class SessionStateMachine:
     def _on_config_updated(self, event: Event) -> None:
         self.config = dict(event.payload.get("config") or {})
         self._config_changed()
+        self._new_epoch()
 
     def _on_optimizer(self, event: Event) -> None:
         patch = event.payload.get("patch") or {}
-        if _INCUMBENT in patch:  # leases and pools (most optimizer events) do not matter
-            self._policy_inputs += 1
         for key, value in patch.items():
             if value is None:
                 self.optimizer.pop(key, None)
             else:
                 self.optimizer[key] = value
+        if _INCUMBENT in patch:  # leases and pools (most optimizer events) do not matter
+            self._policy_inputs += 1
+            self._new_epoch()
 
     def _on_candidate_added(self, event: Event) -> None:
         p = event.payload
@@ -318,6 +335,8 @@ class SessionStateMachine:
             seq=event.seq,
             metadata=p.get("metadata"),
         )
+        self.evidence.activate(cid)
+        self._new_epoch()
 
     def _on_candidate_archived(self, event: Event) -> None:
         cand = self.candidates.get(event.payload["candidate_id"])
@@ -325,6 +344,8 @@ class SessionStateMachine:
             cand.status = "archived"
             cand.archive_reason = event.payload.get("reason")
             self._policy_inputs += 1
+            self.evidence.deactivate(cand.candidate_id)
+            self._new_epoch()
 
     def _on_baseline_changed(self, event: Event) -> None:
         self.generation = int(event.payload["generation"])
@@ -348,11 +369,41 @@ class SessionStateMachine:
         cand = self.candidates.get(event.payload.get("candidate_id") or "")
         if cand is not None:
             cand.add_reward(value)
+            if cand.status == "active":
+                routing = self._routing
+                if routing is None:
+                    routing = self._new_epoch()
+                self.evidence.observe(cand.candidate_id, value, routing.get(cand.candidate_id))
+            else:
+                self.evidence.observe(None, value, None)
+        else:
+            self.evidence.observe(None, value, None)
+        if self.reward_count - self._routing_at >= _epoch_length(self._routing_at):
+            self._new_epoch()
 
     def _on_session_status(self, event: Event) -> None:
         self.status = event.payload["status"]
 
+    def _new_epoch(self) -> dict[str, float]:
+        """Recompute the routing weights (and P(best)) now: a deterministic point
+        of the log. The decision is also the cached policy for this version."""
+        decision = self._evaluate(None, None)
+        self._routing = dict(decision.routing)
+        self._pbest = decision.probabilities()
+        self._routing_at = self.reward_count
+        self._policy = (self._policy_inputs, decision)
+        return self._routing
+
     # -- views -------------------------------------------------------------
+
+    @property
+    def reward_span(self) -> float:
+        """The scale of the rewards: 1 for rewards in [0, 1], else their observed range."""
+        if self.rewards_bounded:
+            return 1.0
+        lo, hi = self.reward_min, self.reward_max
+        span = (hi - lo) if lo is not None and hi is not None else 1.0
+        return span if span > 0 else 1.0
 
     @property
     def rewards_bounded(self) -> bool:
@@ -375,18 +426,27 @@ class SessionStateMachine:
         cached = self._policy
         if cached is not None and cached[0] == self._policy_inputs:
             return cached[1]
+        decision = self._evaluate(self._routing, self._pbest)
+        self._policy = (self._policy_inputs, decision)
+        return decision
+
+    def _evaluate(
+        self, routing: dict[str, float] | None, pbest: dict[str, float] | None
+    ) -> PolicyDecision:
         from synth_middleware.engine.policy import evaluate
 
         incumbent = self.optimizer.get(_INCUMBENT)
-        decision = evaluate(
+        return evaluate(
             self.candidates.values(),
             self.baseline_candidate_id,
             self.policy_settings,
             bounded=self.rewards_bounded,
             incumbent=incumbent if isinstance(incumbent, str) else None,
+            evidence=self.evidence,
+            reward_range=self.reward_span,
+            routing=routing,
+            pbest=pbest,
         )
-        self._policy = (self._policy_inputs, decision)
-        return decision
 
     def best(self) -> CandidateState | None:
         """The named best candidate under the selection policy
@@ -447,6 +507,10 @@ class SessionStateMachine:
             "reward_min": self.reward_min,
             "reward_max": self.reward_max,
             "candidates": [c.to_json() for c in self.candidates.values()],
+            "evidence": self.evidence.to_json(),
+            "routing": self._routing,
+            "pbest": self._pbest,
+            "routing_at": self._routing_at,
         }
 
     @classmethod
@@ -472,7 +536,17 @@ class SessionStateMachine:
         for c in data["candidates"]:
             cand = CandidateState.from_json(c)
             st.candidates[cand.candidate_id] = cand
+        st.evidence = EvidenceLedger.from_json(data.get("evidence") or {})
+        st._routing = dict(data["routing"]) if data.get("routing") is not None else None
+        st._pbest = dict(data["pbest"]) if data.get("pbest") is not None else None
+        st._routing_at = int(data.get("routing_at") or 0)
         return st
+
+
+def _epoch_length(reward_count: int) -> int:
+    from synth_middleware.engine.policy import epoch_length
+
+    return epoch_length(reward_count)
 
 
 _HANDLERS: dict[str, Callable[[SessionStateMachine, Event], None]] = {

@@ -1,0 +1,252 @@
+"""Anytime-valid evidence for promotion and pruning, gathered under adaptive routing.
+
+The question the engine answers before it names a best is "does challenger
+``c`` beat the baseline?", and it asks it after every reward while routing
+moves traffic between candidates and the traffic itself changes over the day.
+Comparing the candidates' sample means fails on both counts: checked after
+every reward, a 90% posterior rule names an equal challenger far more often
+than 10% of the time, and when every arm's success rate drifts together, an
+arm that got its traffic later (a new proposal, or one routing turned to) saw
+easier traffic than the baseline did.
+
+What this module keeps instead, per rewarded rollout ``t`` (in the order the
+rewards are applied):
+
+* **Inverse-propensity increments with a control variate** (augmented IPW):
+  ``z_a = (y - m) / p_a`` for the served arm ``a`` (0 for the others), where
+  ``p_a`` is the probability routing served ``a`` with and ``m`` a running
+  mean of the rewards *before* this one (predictable). For a pair (c, r),
+  ``Z = z_c - z_r`` has conditional mean ``mu_c(t) - mu_r(t)`` whatever the
+  routing did and however all rates moved: the comparison is made over the
+  same period, on the same traffic. ``m`` cancels in expectation; it only
+  removes the common level from the variance (and makes a wrong propensity
+  cost almost nothing when the arms are equal: the error is multiplied by
+  ``mu - m``).
+* **A normal-mixture confidence sequence** (Robbins; Howard, Ramdas,
+  McAuliffe and Sekhon 2021; asymptotic form as in Waudby-Smith et al. 2021):
+  with ``S = sum Z`` and ``V = sum Z**2`` over the pair's common period,
+  ``P(exists t: S_t - t*delta >= u(V_t)) <= alpha`` with
+  ``u(V) = sqrt(2 (V + rho) log(sqrt((V + rho) / rho) / (1.9 alpha)))``
+  (the one-sided half-normal mixture; 1.9 rather than 2 keeps it exact for
+  ``alpha <= 0.136``, see :func:`boundary`).
+  Checked after every reward, the chance that a challenger no better than
+  the baseline ever shows ``S >= u`` stays below ``alpha``.
+* **Alpha spending over challengers**: the k-th challenger of a generation
+  (in creation order) is tested at ``alpha / (k (k + 1))``; these sum to
+  ``alpha``, so the chance that *any* challenger of the generation is named
+  while not truly better stays below ``alpha``, however many are proposed.
+
+Everything here is plain arithmetic on floats, so the benchmark
+(``benchmarks/selection.py``) calls the same functions on numpy arrays
+(``log=numpy.log``) for thousands of simulated sessions at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_RHO_REWARDS",
+    "MEAN_WINDOW",
+    "EvidenceLedger",
+    "PairEvidence",
+    "boundary",
+    "challenger_alpha",
+]
+
+# The mixture is tightest where the pair's variance sum V is about this many
+# rewards' worth of variance (rho = DEFAULT_RHO_REWARDS * reward scale**2 / 4).
+# Chosen a priori for the horizon where decisions matter (hundreds to a few
+# thousand rewards per arm); the boundary grows only with log V away from it.
+DEFAULT_RHO_REWARDS = 500.0
+# The control variate m is the plain mean of the first MEAN_WINDOW rewards,
+# then an exponentially weighted mean with that window: it follows a drift.
+MEAN_WINDOW = 200
+# Traffic that does not follow the published weights (a custom selector, a
+# stale or foreign client): each arm's share of the last ~SHARE_WINDOW rewards
+# is tracked, and a propensity below half that share is raised to it. With
+# routing as published the share is about the propensity and this never acts.
+SHARE_WINDOW = 50
+
+
+def boundary(v: Any, alpha: Any, rho: Any, *, log: Callable[[Any], Any] = math.log) -> Any:
+    """The one-sided normal-mixture boundary ``u(V)`` for level ``alpha``.
+
+    ``P(exists t: S_t >= u(V_t)) <= alpha`` for a sum ``S`` of martingale
+    differences with variance process ``V`` (half-normal mixture over the
+    tilt, bounded with ``Phi >= 1/2``). Works on floats and, with
+    ``log=numpy.log``, on numpy arrays.
+    """
+    w = v + rho
+    return (2.0 * w * log((w / rho) ** 0.5 / _one_sided(alpha))) ** 0.5
+
+
+def _one_sided(alpha: Any) -> Any:
+    """The level to put into the Phi >= 1/2 form so that the exact half-normal
+    mixture still crosses 1/alpha: the mixture is ``2 sqrt(rho / w) e^(S^2 / 2w)
+    Phi(S / sqrt(w))`` and at the boundary ``S / sqrt(w) >= sqrt(2 log(1 / (1.9
+    alpha)))``, which is >= 1.645 (Phi >= 0.95) whenever alpha <= 0.136; above
+    that, no gain is taken."""
+    try:
+        return 1.9 * alpha if alpha <= _ONE_SIDED_MAX else alpha
+    except ValueError:  # numpy arrays: elementwise
+        return alpha * (1.0 + 0.9 * (alpha <= _ONE_SIDED_MAX))
+
+
+_ONE_SIDED_MAX = 0.136
+
+
+def challenger_alpha(index: int, alpha: float, *, spend: bool = True) -> float:
+    """The level of the ``index``-th challenger (1-based, creation order):
+    ``alpha / (index * (index + 1))`` (the levels sum to ``alpha``), or
+    ``alpha`` itself when ``spend`` is off."""
+    if not spend:
+        return alpha
+    k = max(1, int(index))
+    return alpha / (k * (k + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class PairEvidence:
+    """What the ledger knows about "``first`` minus ``second``" over their common period."""
+
+    s: float  # sum of the augmented-IPW differences
+    v: float  # sum of their squares (the variance process)
+    t: int  # rewards applied in the period (every arm's)
+    n_first: int  # rewards of each arm in the period
+    n_second: int
+
+    @property
+    def estimate(self) -> float | None:
+        """The difference of mean rewards over the period (None before any reward)."""
+        return self.s / self.t if self.t else None
+
+    def interval(self, alpha: float, rho: float) -> tuple[float, float]:
+        """A ``1 - 2 alpha`` anytime-valid interval for the difference of means
+        (each side at ``alpha``); ``(-inf, inf)`` before any reward."""
+        if not self.t:
+            return (-math.inf, math.inf)
+        u = boundary(self.v, alpha, rho)
+        return ((self.s - u) / self.t, (self.s + u) / self.t)
+
+    def beats(self, alpha: float, rho: float) -> bool:
+        """``first`` is better than ``second`` at level ``alpha`` (anytime-valid)."""
+        return self.t > 0 and self.s > boundary(self.v, alpha, rho)
+
+    def loses(self, alpha: float, rho: float) -> bool:
+        """``first`` is worse than ``second`` at level ``alpha`` (anytime-valid)."""
+        return self.t > 0 and -self.s > boundary(self.v, alpha, rho)
+
+
+@dataclass(slots=True)
+class _Arm:
+    s: float = 0.0
+    q: float = 0.0
+    n: int = 0
+    t0: int = 0  # ledger.t when the arm was activated
+    # the other arms' (s, q, n) when this arm was activated: the common period starts here
+    since: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+
+
+class EvidenceLedger:
+    """Per-arm augmented-IPW sums from which any pair's evidence is read in O(1).
+
+    Deterministic: the same calls in the same order give the same ledger, so it
+    lives in the replayable session state (and its snapshots).
+    """
+
+    __slots__ = ("arms", "m", "share", "t")
+
+    def __init__(self) -> None:
+        self.arms: dict[str, _Arm] = {}
+        self.t = 0  # rewards applied while any arm was active
+        self.m = 0.0  # the control variate (module doc)
+        self.share: dict[str, float] = {}  # recent share of the rewards per arm
+
+    def activate(self, arm: str) -> None:
+        """Start ``arm``'s evidence now; pairs with arms active before start here."""
+        if arm in self.arms:
+            return
+        self.arms[arm] = _Arm(t0=self.t, since={k: (a.s, a.q, a.n) for k, a in self.arms.items()})
+
+    def deactivate(self, arm: str) -> None:
+        """Forget ``arm`` (archived): its pairs are no longer asked for."""
+        if self.arms.pop(arm, None) is not None:
+            for other in self.arms.values():
+                other.since.pop(arm, None)
+            self.share.pop(arm, None)
+
+    def observe(self, arm: str | None, reward: float, propensity: float | None) -> bool:
+        """Apply one reward of ``arm`` served with probability ``propensity``.
+
+        Every reward advances the period and the control variate; only an
+        active arm served with a known positive probability gets an increment.
+        Returns whether it did.
+        """
+        counted = False
+        a = self.arms.get(arm) if arm is not None else None
+        lam = 1.0 / SHARE_WINDOW
+        for k in self.share:
+            self.share[k] *= 1.0 - lam
+        if arm is not None and a is not None:
+            self.share[arm] = self.share.get(arm, 0.0) + lam
+        if a is not None and propensity is not None and propensity > 0.0:
+            p = max(propensity, 0.5 * self.share.get(arm, 0.0))  # type: ignore[arg-type]
+            z = (reward - self.m) / p
+            a.s += z
+            a.q += z * z
+            a.n += 1
+            counted = True
+        self.t += 1
+        self.m += (reward - self.m) / min(self.t, MEAN_WINDOW)
+        return counted
+
+    def pair(self, first: str, second: str) -> PairEvidence | None:
+        """Evidence on ``first - second`` since both were active (None if one is not)."""
+        a, b = self.arms.get(first), self.arms.get(second)
+        if a is None or b is None:
+            return None
+        sa, qa, na, sb, qb, nb = a.s, a.q, a.n, b.s, b.q, b.n
+        if second in a.since:  # first started later: second's sums from that point
+            s0, q0, n0 = a.since[second]
+            sb, qb, nb = sb - s0, qb - q0, nb - n0
+            t0 = a.t0
+        elif first in b.since:
+            s0, q0, n0 = b.since[first]
+            sa, qa, na = sa - s0, qa - q0, na - n0
+            t0 = b.t0
+        else:
+            t0 = max(a.t0, b.t0)
+        return PairEvidence(sa - sb, qa + qb, self.t - t0, na, nb)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (floats survive JSON exactly)."""
+        return {
+            "t": self.t,
+            "m": self.m,
+            "share": self.share,
+            "arms": {
+                k: {"s": a.s, "q": a.q, "n": a.n, "t0": a.t0, "since": a.since}
+                for k, a in self.arms.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EvidenceLedger:
+        """Inverse of :meth:`to_json`."""
+        led = cls()
+        led.t = int(data.get("t", 0))
+        led.m = float(data.get("m", 0.0))
+        led.share = {k: float(v) for k, v in (data.get("share") or {}).items()}
+        for k, a in (data.get("arms") or {}).items():
+            led.arms[k] = _Arm(
+                float(a["s"]),
+                float(a["q"]),
+                int(a["n"]),
+                int(a["t0"]),
+                {o: (float(v[0]), float(v[1]), int(v[2])) for o, v in a["since"].items()},
+            )
+        return led
