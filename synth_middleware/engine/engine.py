@@ -14,8 +14,6 @@ import base64
 import binascii
 import json
 import logging
-import math
-import numbers
 import os
 import re
 import threading
@@ -25,6 +23,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from synth_middleware._domain import (
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    as_reward,
+    as_timestamp,
+    reward_error,
+)
 from synth_middleware.backends.base import (
     CandidateItem,
     RewardRecord,
@@ -140,19 +145,6 @@ def _json_size(value: Any, what: str, limit: int) -> int:
     if size > limit:
         raise ValueError(f"{what} is {size} bytes as JSON, over the {limit} byte limit")
     return size
-
-
-def _finite_number(value: object) -> float | None:
-    """``float(value)`` for a finite real number (``bool`` and ``str`` are not), else ``None``."""
-    if type(value) is float:  # the common case, without the ABC check below
-        return value if math.isfinite(value) else None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        number = float(value)
-    except (OverflowError, TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 @dataclass(slots=True)
@@ -1078,6 +1070,9 @@ class Engine:
 # -- parsing helpers ---------------------------------------------------------
 
 
+_TIMESTAMP_ERROR = f"created_at must be epoch seconds from {MIN_TIMESTAMP:g} to {MAX_TIMESTAMP:g}"
+
+
 def _rejected(key: str, error: str) -> RewardResult:
     return {"idempotency_key": key, "status": "rejected", "error": error}
 
@@ -1094,16 +1089,16 @@ def _parse_reward(index: int, record: object, now: float) -> _Reward | RewardRes
     if not _is_id(rollout_id):
         return _rejected(key, "rollout_id must be a non-empty string (max 256 chars)")
     raw = record.get("value")
-    value = _finite_number(raw)
+    value = as_reward(raw)
     if value is None:
-        return _rejected(key, f"value must be a finite real number, not {raw!r:.80}")
+        return _rejected(key, f"value: {reward_error(raw)}")
     created_at = record.get("created_at")
     if created_at is None:
         created_at = now
     else:
-        created_at = _finite_number(created_at)
+        created_at = as_timestamp(created_at)
         if created_at is None:
-            return _rejected(key, "created_at must be a finite number (epoch seconds)")
+            return _rejected(key, _TIMESTAMP_ERROR)
     session_id = record.get("session_id")
     if session_id is not None and (
         not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id)
@@ -1166,9 +1161,9 @@ def _parse_rollout(index: int, record: object, now: float) -> _Rollout:
     if candidate_id is not None and not _is_id(candidate_id):
         raise ValueError("candidate_id must be a non-empty string or None")
     created_at = record.get("created_at")
-    created = now if created_at is None else _finite_number(created_at)
+    created = now if created_at is None else as_timestamp(created_at)
     if created is None:
-        raise ValueError("created_at must be a finite number (epoch seconds)")
+        raise ValueError(_TIMESTAMP_ERROR)
     detail: dict[str, Any] = {
         "rollout_id": rollout_id,
         "served_candidate_id": candidate_id,

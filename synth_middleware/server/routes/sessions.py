@@ -3,6 +3,7 @@ prompt URLs, reward, and the history views the dashboard draws."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -27,6 +28,7 @@ from synth_middleware.server.models import (
     Timeline,
 )
 
+_log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/online/sessions", tags=["sessions"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
@@ -46,6 +48,9 @@ async def list_sessions(ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 
         try:
             items.append(ctx.engine.get_state(sid))
         except NotFoundError:  # removed meanwhile
+            continue
+        except Exception:  # one broken session must not hide the others
+            _log.exception("session %s: its state could not be built; left out of the list", sid)
             continue
     return json_response({"items": items})
 
