@@ -34,7 +34,7 @@ JSON = {"content-type": "application/json"}
 
 def _raw_reward(c: httpx.Client, session: str, score: str, rollout: str = "a") -> httpx.Response:
     """POST the reward with ``score`` spliced in as raw JSON text (``1e155``, ``10**400``)."""
-    body = '{"rollout_id":"%s","reward_info":{"score":%s}}' % (rollout, score)
+    body = '{"rollout_id":"' + rollout + '","reward_info":{"score":' + score + "}}"
     return c.post(f"/api/v1/online/sessions/{session}/reward", content=body, headers=JSON)
 
 
