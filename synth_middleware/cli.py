@@ -53,6 +53,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         public_url=args.public_url,
         dashboard=not args.no_dashboard,
+        upstream_total_timeout=args.upstream_total_timeout,
+        allowed_hosts=tuple(args.allowed_host or ()),
     )
     replica_options = None
     if args.lease_seconds is not None:
@@ -126,7 +128,22 @@ def _add_serve(sub: _SubParsers) -> None:
         default=1024 * 1024,
         help="largest request body accepted (default 1 MiB); larger ones get 413",
     )
+    p.add_argument(
+        "--upstream-total-timeout",
+        type=float,
+        default=None,
+        help="seconds a non-streaming proxy call may take in all, and a stream to its first "
+        "byte (default: the --upstream-timeout)",
+    )
     p.add_argument("--public-url", default=None, help="base of the URLs handed out to clients")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="without an API key: a Host name (besides loopback and --host) the server "
+        "answers and whose web pages may call it; repeatable; '*' allows any",
+    )
     p.add_argument(
         "--insecure",
         action="store_true",

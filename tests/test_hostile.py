@@ -10,6 +10,7 @@ the real OpenAI client against the local OpenAI-compatible test server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -250,3 +251,301 @@ def test_feedback_per_token_all_counts_every_post(server: Any, backend: LocalBac
             assert tc.post("/synth/feedback", json={"token": token, "reward": v}).status_code == 202
     assert synth.flush(5)
     assert candidate_stats(backend, "every", cid)["reward_count"] == 3
+
+
+# ------------------------------------------------------------------ hostile upstream
+
+
+class _Upstream:
+    """An OpenAI-compatible upstream that misbehaves on demand (``mode``)."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.calls = 0
+
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response, StreamingResponse
+        from starlette.routing import Route
+
+        async def chat(request: Request) -> Response:
+            self.calls += 1
+            auth = request.headers.get("authorization", "")
+            key = auth.removeprefix("Bearer ")
+            if self.mode == "auth401":  # OpenAI's own format and masking
+                masked = f"{key[:8]}{'*' * 20}{key[-4:]}"
+                msg = f"Incorrect API key provided: {masked}. You can find your API key at ..."
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": msg,
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": "invalid_api_key",
+                        }
+                    },
+                    status_code=401,
+                )
+            if self.mode == "echo":  # echoes the request headers, in the body and a header
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": f"bad request; you sent {dict(request.headers)}",
+                            "type": auth,
+                            "param": key,
+                        }
+                    },
+                    status_code=400,
+                    headers={"x-request-id": auth, "openai-echo": key},
+                )
+            if self.mode == "echo500":
+                return Response(f"upstream crashed handling {auth}".encode(), status_code=500)
+            if self.mode == "drip":  # one byte every 0.1 s for ~30 s
+
+                async def drip():  # type: ignore[no-untyped-def]
+                    for _ in range(300):
+                        yield b" "
+                        await asyncio.sleep(0.1)
+                    yield b"{}"
+
+                return StreamingResponse(drip(), media_type="application/json")
+            if self.mode == "late_stream":  # headers at once, the first event after 20 s
+
+                async def late():  # type: ignore[no-untyped-def]
+                    await asyncio.sleep(20)
+                    yield b"data: [DONE]\n\n"
+
+                return StreamingResponse(late(), media_type="text/event-stream")
+            return JSONResponse(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": "m",
+                    "created": 0,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "ok"},
+                        }
+                    ],
+                }
+            )
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.fixture
+def upstream() -> Any:
+    from web_helpers import serve
+
+    up = _Upstream()
+    with serve(up.app()) as url:
+        up.url = url + "/v1"  # type: ignore[attr-defined]
+        yield up
+
+
+UPSTREAM_KEY = "sk-canary-UPSTREAM-0123456789abcdefR6tY"
+SERVER_KEY = "srv-key-without-prefix-9876543210zyxw"
+PROXY = "/api/v1/online/sessions/p/proxy/chat/completions"
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _leaks(text: str, *keys: str) -> list[str]:
+    """Every key, or fragment of one (first 8, last 8, last 4 after a mask), in ``text``."""
+    found = []
+    for k in keys:
+        for frag in (k, k[:8], k[-8:]):
+            if frag in text:
+                found.append(frag)
+        if "****" in text or f"*{k[-4:]}" in text or f"...{k[-4:]}" in text:
+            found.append(f"masked {k[-4:]}")
+    return found
+
+
+# ------------------------------------------------------------------ 3. forged pages
+
+
+def test_a_keyless_server_refuses_web_pages_and_foreign_hosts(
+    tmp_path: Path, upstream: Any, caplog: Any
+) -> None:
+    with (
+        BackgroundServer(
+            db_path=str(tmp_path / "k.db"), upstream_url=upstream.url, upstream_api_key=UPSTREAM_KEY
+        ) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as c,
+    ):
+        assert c.post("/api/v1/online/sessions", json={"session_id": "p"}).status_code == 200
+        # a cross-site "simple" POST: text/plain (no preflight) must not reach the upstream
+        for ctype in (
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ):
+            r = c.post(PROXY, content=json.dumps(CHAT), headers={"content-type": ctype})
+            assert r.status_code == 415, (ctype, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "unsupported_media_type"
+            r = c.post(
+                "/api/v1/online/sessions/p/reward",
+                content=b'{"reward_info":{"score":1}}',
+                headers={"content-type": ctype},
+            )
+            assert r.status_code == 415
+        assert upstream.calls == 0
+        # DNS rebinding: another Host name
+        for host in ("evil.example", "evil.example:80", "127.0.0.1.evil.example"):
+            r = c.get("/api/v1/online/sessions", headers={"host": host})
+            assert r.status_code == 421, (host, r.status_code)
+            assert "items" not in r.text
+            r = c.post(PROXY, json=CHAT, headers={"host": host})
+            assert r.status_code == 421
+        # a page on another origin (a browser sends Origin / Sec-Fetch-Site)
+        r = c.post(PROXY, json=CHAT, headers={"origin": "https://evil.example"})
+        assert r.status_code == 403
+        r = c.post(PROXY, content=json.dumps(CHAT), headers={"sec-fetch-site": "cross-site"})
+        assert r.status_code == 403
+        assert upstream.calls == 0
+        # loopback names, same-origin pages and scripts without a content type still work
+        for host in ("localhost", f"127.0.0.1:{srv.port}", f"[::1]:{srv.port}"):
+            assert c.get("/api/v1/online/sessions", headers={"host": host}).status_code == 200
+        ok = c.post(PROXY, json=CHAT, headers={"origin": srv.url})
+        assert ok.status_code == 200, ok.text
+        assert c.post(PROXY, content=json.dumps(CHAT)).status_code == 200
+        assert upstream.calls == 2
+    # --allowed-host adds a name; "*" turns the check off
+    with BackgroundServer(db_path=str(tmp_path / "k.db"), allowed_hosts=("synth.internal",)) as srv:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            assert (
+                c.get("/api/v1/online/sessions", headers={"host": "synth.internal:9"}).status_code
+                == 200
+            )
+            assert (
+                c.get("/api/v1/online/sessions", headers={"host": "evil.example"}).status_code
+                == 421
+            )
+    # with a key the key is the guard (a page cannot send it without a preflight)
+    with BackgroundServer(db_path=str(tmp_path / "k.db"), api_key=SERVER_KEY) as srv:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            h = {"x-api-key": SERVER_KEY, "host": "synth.example.com"}
+            assert c.get("/api/v1/online/sessions", headers=h).status_code == 200
+            r = c.post(PROXY, content=json.dumps(CHAT), headers={**h, "content-type": "text/plain"})
+            assert r.status_code == 415
+
+
+def test_serve_says_auth_off_on_start(tmp_path: Path, caplog: Any) -> None:
+    import threading
+
+    from synth_middleware.server import run
+
+    started = threading.Event()
+
+    class _Stop(Exception):
+        pass
+
+    def fake_server_for(app: Any, config: Any) -> Any:
+        class S:
+            def run(self) -> None:
+                started.set()
+                raise _Stop
+
+        return S()
+
+    caplog.set_level(logging.WARNING)
+    orig = run.server_for
+    run.server_for = fake_server_for  # type: ignore[assignment]
+    try:
+        with pytest.raises(_Stop):
+            run.serve(db_path=str(tmp_path / "w.db"), port=0, optimizer=False)
+    finally:
+        run.server_for = orig  # type: ignore[assignment]
+    assert started.is_set()
+    assert "auth off" in caplog.text
+
+
+# ------------------------------------------------------------------ 4. upstream error text
+
+
+def test_upstream_error_text_never_carries_a_credential(
+    tmp_path: Path, upstream: Any, caplog: Any
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with (
+        BackgroundServer(
+            db_path=str(tmp_path / "u.db"),
+            api_key=SERVER_KEY,
+            upstream_url=upstream.url,
+            upstream_api_key=UPSTREAM_KEY,
+        ) as srv,
+        httpx.Client(base_url=srv.url, timeout=10, headers={"x-api-key": SERVER_KEY}) as c,
+    ):
+        assert c.post("/api/v1/online/sessions", json={"session_id": "p"}).status_code == 200
+        seen = []
+        for mode in ("auth401", "echo", "echo500"):
+            upstream.mode = mode
+            r = c.post(PROXY, json=CHAT)
+            assert 400 <= r.status_code < 600 and r.status_code != 500, (mode, r.status_code)
+            assert r.json()["error"]["code"], r.text
+            text = r.text + json.dumps(dict(r.headers))
+            assert not _leaks(text, UPSTREAM_KEY, SERVER_KEY), (mode, text)
+            seen.append(r.json()["error"]["code"])
+        assert seen[0] == "upstream_auth_failed"
+    assert not _leaks(caplog.text, UPSTREAM_KEY, SERVER_KEY)
+
+
+# ------------------------------------------------------------------ 5. a deadline
+
+
+def test_upstream_timeout_is_a_deadline(tmp_path: Path, upstream: Any) -> None:
+    with (
+        BackgroundServer(
+            db_path=str(tmp_path / "d.db"),
+            upstream_url=upstream.url,
+            upstream_api_key=UPSTREAM_KEY,
+            upstream_timeout=1.0,
+        ) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        assert c.post("/api/v1/online/sessions", json={"session_id": "p"}).status_code == 200
+        upstream.mode = "drip"
+        t0 = time.monotonic()
+        r = c.post(PROXY, json=CHAT)
+        took = time.monotonic() - t0
+        assert r.status_code == 504 and took < 3.0, (r.status_code, took)
+        upstream.mode = "late_stream"
+        t0 = time.monotonic()
+        with c.stream("POST", PROXY, json={**CHAT, "stream": True}) as s:
+            body = b"".join(s.iter_bytes())
+        took = time.monotonic() - t0
+        assert took < 3.0, took
+        assert s.status_code == 504 or b"upstream_error" in body, (s.status_code, body)
+
+
+# ------------------------------------------------------------------ 7. small 500s
+
+
+def test_hostile_proxy_inputs_are_clear_4xx(tmp_path: Path, upstream: Any) -> None:
+    with (
+        BackgroundServer(
+            db_path=str(tmp_path / "h.db"), upstream_url=upstream.url, upstream_api_key=UPSTREAM_KEY
+        ) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as c,
+    ):
+        assert c.post("/api/v1/online/sessions", json={"session_id": "p"}).status_code == 200
+        r = c.post(PROXY, content=b"[" * 100_000, headers=JSON)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+        r = c.post(
+            PROXY, content=b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", headers=JSON
+        )
+        assert 400 <= r.status_code < 500, r.status_code
+        for rid in ("%0D%0Ax-evil:%201", "a%00b", "%E9t%E9", "a%20b", "%7F"):
+            calls = upstream.calls
+            r = c.post(f"/api/v1/online/sessions/p/proxy/{rid}/chat/completions", json=CHAT)
+            assert r.status_code == 422, (rid, r.status_code, r.text)
+            assert "rollout_id" in r.json()["error"]["message"]
+            assert upstream.calls == calls, rid  # refused before the upstream was called
+        assert (
+            c.post("/api/v1/online/sessions/p/proxy/ro-1/chat/completions", json=CHAT).status_code
+            == 200
+        )
+        assert c.get("/health").status_code == 200
