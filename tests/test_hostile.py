@@ -549,3 +549,93 @@ def test_hostile_proxy_inputs_are_clear_4xx(tmp_path: Path, upstream: Any) -> No
             == 200
         )
         assert c.get("/health").status_code == 200
+
+
+# ------------------------------------------------------------------ 6. credential origins
+
+
+def test_proposer_key_goes_only_to_allowed_origins() -> None:
+    from synth_middleware.engine.proposer import (
+        ENV_ALLOWED_HOSTS,
+        ENV_API_KEY,
+        ENV_URL,
+        api_key_for,
+        scrub_secrets,
+    )
+
+    key = "prop0sal-key-no-prefix-ABCDEFGH12345678"
+    env = {ENV_API_KEY: key, ENV_URL: "http://llm.internal:8443/v1"}
+    assert api_key_for("http://llm.internal:8443/v1/chat/completions", env) == key
+    assert api_key_for("http://llm.internal:9999/v1", env) is None  # another port
+    assert api_key_for("https://llm.internal:8443/v1", env) is None  # another scheme
+    assert api_key_for("https://api.openai.com/v1", env) == key
+    assert api_key_for("http://api.openai.com/v1", env) is None
+    env2 = {**env, ENV_ALLOWED_HOSTS: "http://127.0.0.1:8080, trusted.example"}
+    assert api_key_for("http://127.0.0.1:8080/v1", env2) == key
+    assert api_key_for("http://127.0.0.1:8081/v1", env2) is None
+    assert api_key_for("https://trusted.example:444/v1", env2) == key  # a bare host: any port
+    # a provider's masked echo of a key without an sk- prefix
+    text = f"Incorrect API key provided: {key[:8]}{'*' * 16}{key[-4:]} (code 401)"
+    for frag in (key[:8], key[-4:], key[-8:], "****"):
+        assert frag not in scrub_secrets(text, env), frag
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def any_path(request: Request) -> JSONResponse:
+            self.headers.append(dict(request.headers))
+            return JSONResponse({"detail": "no"}, status_code=401)
+
+        return Starlette(routes=[Route("/{path:path}", any_path, methods=["GET", "POST"])])
+
+
+def test_a_job_never_sends_the_environment_key_to_a_url_it_chose(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from web_helpers import serve
+
+    env_key = "environment-key-SECRET-55556666"
+    monkeypatch.setenv("ENVIRONMENT_API_KEY", env_key)
+    monkeypatch.delenv("SYNTH_CONTAINER_ALLOWED_ORIGINS", raising=False)
+    rec = _Recorder()
+    with serve(rec.app()) as target, BackgroundServer(db_path=str(tmp_path / "j.db")) as srv:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+
+            def run_job() -> None:
+                n = len(rec.headers)
+                body = {
+                    "algorithm": "gepa",
+                    "auto_start": True,
+                    "config_body": {
+                        "container_url": target,
+                        "model": "m",
+                        "rollout_budget": 4,
+                        "train_seeds": [0, 1],
+                        "val_seeds": [2],
+                    },
+                }
+                r = c.post("/api/prompt-learning/online/jobs", json=body)
+                assert r.status_code in (200, 201), r.text
+                job = r.json().get("id") or r.json().get("job_id")
+                if r.json().get("status") not in ("running", "queued"):
+                    c.post(f"/api/prompt-learning/online/jobs/{job}/start")
+                deadline = time.monotonic() + 15
+                while len(rec.headers) == n and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert len(rec.headers) > n, "the job never called its container"
+
+            run_job()
+            sent = json.dumps(rec.headers)
+            assert env_key not in sent and env_key[-8:] not in sent
+            # the operator allows that origin: then the key goes there
+            monkeypatch.setenv("SYNTH_CONTAINER_ALLOWED_ORIGINS", target)
+            run_job()
+            assert env_key in json.dumps(rec.headers[-1])
