@@ -639,3 +639,59 @@ def test_a_job_never_sends_the_environment_key_to_a_url_it_chose(
             monkeypatch.setenv("SYNTH_CONTAINER_ALLOWED_ORIGINS", target)
             run_job()
             assert env_key in json.dumps(rec.headers[-1])
+
+
+# ------------------------------------------------------------------ 8. idempotency keys
+
+
+def test_idempotency_keys_name_one_reward_in_one_session(tmp_path: Path) -> None:
+    db = str(tmp_path / "idem.db")
+
+    def reward(c: httpx.Client, sid: str, rollout: str, score: float, key: str) -> httpx.Response:
+        body = {"rollout_id": rollout, "reward_info": {"score": score}, "idempotency_key": key}
+        return c.post(f"/api/v1/online/sessions/{sid}/reward", json=body)
+
+    def count(c: httpx.Client, sid: str) -> int:
+        return c.get(f"/api/v1/online/sessions/{sid}/state").json()["reward_count"]
+
+    with BackgroundServer(db_path=db) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        for sid in ("s1", "s2"):
+            assert c.post("/api/v1/online/sessions", json={"session_id": sid}).status_code == 200
+        assert reward(c, "s1", "r1", 1.0, "k").json()["status"] == "accepted"
+        # the same key and body: a duplicate (the first result), counted once
+        again = reward(c, "s1", "r1", 1.0, "k")
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        # the same key with another body: 409, as Stripe answers, and nothing stored
+        for rollout, score in (("r1", 0.0), ("r9", 1.0)):
+            r = reward(c, "s1", rollout, score, "k")
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["code"] == "idempotency_conflict"
+        assert count(c, "s1") == 1
+        # keys are per session: s2's reward with the same key is its own
+        r = reward(c, "s2", "r2", 0.5, "k")
+        assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
+        assert count(c, "s2") == 1
+        # a reward posted to s2 for s1's rollout is refused (it was counted in s1)
+        r = reward(c, "s2", "r1", 1.0, "other-key")
+        assert 400 <= r.status_code < 500 and "another session" in r.text, r.text
+        assert count(c, "s1") == 1 and count(c, "s2") == 1
+        # in one batch: a repeated key with another value is refused too
+        batch = [
+            {"idempotency_key": "b", "rollout_id": "r3", "session_id": "s1", "value": 1.0},
+            {"idempotency_key": "b", "rollout_id": "r3", "session_id": "s1", "value": 1.0},
+            {"idempotency_key": "b", "rollout_id": "r3", "session_id": "s1", "value": 0.0},
+        ]
+        res = c.post("/api/v1/rewards/batch", json={"rewards": batch}).json()["results"]
+        assert [x["status"] for x in res] == ["accepted", "duplicate", "rejected"]
+        assert res[2]["error"].startswith("idempotency_key conflict")
+    # a key stored before keys were scoped (older versions) still counts as seen
+    con = sqlite3.connect(db)
+    with con:
+        con.execute(
+            "INSERT INTO reward_keys (idempotency_key, session_id, seq, rollout_id)"
+            " VALUES ('legacy', 's1', 1, 'r1')"
+        )
+    con.close()
+    with BackgroundServer(db_path=db) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert reward(c, "s1", "r1", 1.0, "legacy").json()["status"] == "duplicate"
+        assert count(c, "s1") == 2  # r1's and r3's

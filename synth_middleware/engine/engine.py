@@ -913,15 +913,46 @@ class Engine:
 
             def op(batch: _Batch) -> None:
                 txn = batch.txn
-                seen = txn.existing_reward_keys([r.key for r in parsed])
                 known = txn.get_rollouts(list({r.rollout_id: None for r in parsed}))
+                # Keys are scoped per session (stored as "<session>\x1f<key>"): the session
+                # is the rollout's, else the one the reward names. Keys stored before
+                # scoping (no separator) still count as seen.
+                scoped: dict[int, str] = {}
+                for r in parsed:
+                    row = known.get(r.rollout_id)
+                    sid = row.session_id if row is not None else r.session_id
+                    scoped[r.index] = _scoped_key(sid or "", r.key)
+                seqs = txn.reward_key_seqs([*scoped.values(), *(r.key for r in parsed)])
+                in_batch: dict[str, tuple[str, float]] = {}
                 key_rows: list[tuple[str, str, int, str]] = []
                 new_rollouts: list[RolloutRow] = []
                 for r in parsed:
-                    if r.key in seen:
-                        results[r.index] = {"idempotency_key": r.key, "status": "duplicate"}
-                        continue
+                    skey = scoped[r.index]
                     row = known.get(r.rollout_id)
+                    if row is not None and r.session_id not in (None, row.session_id):
+                        results[r.index] = _rejected(
+                            r.key,
+                            f"rollout {r.rollout_id!r} belongs to another session, "
+                            f"not {r.session_id!r}",
+                        )
+                        continue
+                    if skey in in_batch or skey in seqs or r.key in seqs:
+                        if skey in in_batch:
+                            first: tuple[str, float] | None = in_batch[skey]
+                        elif skey in seqs:
+                            first = self._stored_reward(txn, skey, seqs[skey])
+                        else:
+                            first = None  # stored before keys were scoped: not compared
+                        if first is not None and first != (r.rollout_id, r.value):
+                            results[r.index] = _rejected(
+                                r.key,
+                                f"{IDEMPOTENCY_CONFLICT}: this idempotency_key was used for "
+                                f"another reward (rollout {first[0]!r}, value {first[1]!r}); "
+                                "a key names one reward",
+                            )
+                        else:
+                            results[r.index] = {"idempotency_key": r.key, "status": "duplicate"}
+                        continue
                     state = self._session(batch, row.session_id) if row is not None else None
                     if row is None:
                         row, state, error = self._implicit_rollout(batch, r)
@@ -947,8 +978,9 @@ class Engine:
                     if r.stop:
                         payload["stop"] = True
                     ev = batch.emit(state, REWARD, payload)
-                    key_rows.append((r.key, state.session_id, ev.seq, r.rollout_id))
-                    seen.add(r.key)
+                    skey = _scoped_key(state.session_id, r.key)
+                    key_rows.append((skey, state.session_id, ev.seq, r.rollout_id))
+                    in_batch[skey] = (r.rollout_id, r.value)
                     if r.stop:
                         self._set_status(batch, state, "completed", "stop")
                     results[r.index] = {"idempotency_key": r.key, "status": "accepted"}
@@ -959,6 +991,15 @@ class Engine:
 
             self._write(op)
         return results  # type: ignore[return-value]  # every slot is filled above
+
+    @staticmethod
+    def _stored_reward(txn: WriteTxn, skey: str, seq: int) -> tuple[str, float] | None:
+        """``(rollout_id, value)`` of the reward stored under ``skey`` at ``seq``."""
+        session_id = skey.partition(_KEY_SEP)[0]
+        for ev in txn.read_events(session_id, seq - 1, 1):
+            if ev.seq == seq and ev.type == REWARD:
+                return ev.payload.get("rollout_id"), float(ev.payload.get("value", 0.0))
+        return None
 
     def _implicit_rollout(
         self, batch: _Batch, r: _Reward
@@ -1068,6 +1109,15 @@ class Engine:
 
 
 # -- parsing helpers ---------------------------------------------------------
+
+
+_KEY_SEP = "\x1f"
+IDEMPOTENCY_CONFLICT = "idempotency_key conflict"
+"""The start of the error of a reward whose key names another reward (answered 409)."""
+
+
+def _scoped_key(session_id: str, key: str) -> str:
+    return f"{session_id}{_KEY_SEP}{key}"
 
 
 _TIMESTAMP_ERROR = f"created_at must be epoch seconds from {MIN_TIMESTAMP:g} to {MAX_TIMESTAMP:g}"

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from synth_middleware._domain import as_reward, reward_error
 from synth_middleware.backends.base import RewardRecord, SessionState
 from synth_middleware.engine import validate_session_id
+from synth_middleware.engine.engine import IDEMPOTENCY_CONFLICT
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server._errors import ApiError
 from synth_middleware.server.context import ServerContext
@@ -270,7 +271,10 @@ async def record_reward(
         record["stop"] = True
     result = (await ctx.writer.record_rewards([record]))[0]
     if result["status"] == "rejected":
-        raise ApiError(400, "reward_rejected", result.get("error") or "reward rejected")
+        error = result.get("error") or "reward rejected"
+        if error.startswith(IDEMPOTENCY_CONFLICT):  # as Stripe: a key names one request
+            raise ApiError(409, "idempotency_conflict", error)
+        raise ApiError(400, "reward_rejected", error)
     return {
         "ok": True,
         "status": result["status"],
