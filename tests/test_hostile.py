@@ -167,17 +167,44 @@ def test_an_old_event_log_with_a_huge_reward_replays_finite(tmp_path: Path, capl
         assert r.status_code == 200, r.text
 
 
+def _append_event(db: str, session: str, type_: str, payload: dict[str, Any]) -> None:
+    con = sqlite3.connect(db)
+    with con:
+        seq = con.execute("SELECT MAX(seq) FROM events").fetchone()[0] + 1
+        con.execute(
+            "INSERT INTO events (seq, session_id, type, payload, created_at) VALUES (?,?,?,?,?)",
+            (seq, session, type_, json.dumps(payload), time.time()),
+        )
+    con.close()
+
+
+def _append_rollout_row(db: str, session: str, created_at: float) -> None:
+    con = sqlite3.connect(db)
+    with con:
+        seq = con.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        con.execute(
+            "INSERT INTO rollouts (rollout_id, session_id, candidate_id, created_at, seq)"
+            " VALUES (?,?,?,?,?)",
+            (f"old-{created_at}", session, None, created_at, seq),
+        )
+    con.close()
+
+
 def test_a_broken_session_never_takes_down_the_session_list(tmp_path: Path) -> None:
     db = str(tmp_path / "broken.db")
     with LocalBackend(db) as b:
         (cid,) = seed(b, "broken", CANDIDATE)
         seed(b, "fine", CANDIDATE)
-    _append_reward_event(db, "broken", cid, "not a number")  # apply() raises on replay
+    _append_reward_event(db, "broken", cid, "not a number")  # skipped on replay, with a warning
+    _append_event(db, "broken", "candidate_archived", {})  # apply() raises on replay
+    _append_rollout_row(db, "fine", 1e308)  # stored before created_at was bounded
+    _append_rollout_row(db, "fine", -1e308)
     with BackgroundServer(db_path=db) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
         r = c.get("/api/v1/online/sessions")
         assert r.status_code == 200, r.text
         assert [s["session_id"] for s in r.json()["items"]] == ["fine"]
         assert c.get("/api/v1/online/sessions/fine/state").status_code == 200
+        assert c.get("/api/v1/online/sessions/fine/timeline").status_code == 200
         bad = c.get("/api/v1/online/sessions/broken/state")
         assert bad.status_code >= 400 and bad.json()["error"]["code"]
 

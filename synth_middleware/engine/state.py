@@ -352,9 +352,17 @@ class SessionStateMachine:
             cand.rollout_count += 1
 
     def _on_reward(self, event: Event) -> None:
+        try:
+            raw = float(event.payload["value"])
+        except (KeyError, TypeError, ValueError, OverflowError):  # an old or damaged log
+            _log.warning(
+                "session %s: reward event %d has no numeric value; skipped",
+                self.session_id,
+                event.seq,
+            )
+            return
         self._policy_inputs += 1
         self.reward_count += 1
-        raw = float(event.payload["value"])
         value = clamp_reward(raw)
         if value != raw:
             _log.warning(

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from synth_middleware._domain import MAX_TIMESTAMP, MIN_TIMESTAMP
 from synth_middleware.engine import validate_session_id
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server import operations as ops
@@ -140,7 +141,8 @@ async def timeline(
     rows = ctx.engine.store.recent_rollouts(session_id, limit)
     out: list[dict[str, Any]] = []
     if rows:
-        times = [r.created_at for r in rows]
+        # bounded to the timestamp domain: rows stored before it was enforced (+-1e308)
+        times = [min(max(r.created_at, MIN_TIMESTAMP), MAX_TIMESTAMP) for r in rows]
         lo, hi = min(times), max(times)
         width = max((hi - lo) / buckets, 1e-9)
         counts = [0] * buckets
