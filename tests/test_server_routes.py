@@ -282,7 +282,7 @@ def test_batch_rewards_and_rollouts(http: httpx.Client) -> None:
     rewards = [
         {"idempotency_key": f"k{i}", "rollout_id": f"b{i}", "value": i / 4} for i in range(5)
     ] + [
-        {"idempotency_key": "k0", "rollout_id": "b0", "value": 1.0},
+        {"idempotency_key": "k0", "rollout_id": "b0", "value": 0.0},  # the same reward again
         {"idempotency_key": "kbad", "rollout_id": "b1", "value": float("inf")},
         {"idempotency_key": "knone", "rollout_id": "unknown-rollout", "value": 1.0},
     ]
