@@ -54,7 +54,12 @@ def _serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         dashboard=not args.no_dashboard,
         upstream_total_timeout=args.upstream_total_timeout,
-        allowed_hosts=tuple(args.allowed_host or ()),
+        allowed_hosts=tuple(
+            args.allowed_host
+            or [
+                h.strip() for h in os.environ.get("SYNTH_ALLOWED_HOSTS", "").split(",") if h.strip()
+            ]
+        ),
     )
     replica_options = None
     if args.lease_seconds is not None:
@@ -142,7 +147,8 @@ def _add_serve(sub: _SubParsers) -> None:
         default=None,
         metavar="HOST",
         help="without an API key: a Host name (besides loopback and --host) the server "
-        "answers and whose web pages may call it; repeatable; '*' allows any",
+        "answers and whose web pages may call it; repeatable; '*' allows any (default "
+        "$SYNTH_ALLOWED_HOSTS, comma separated)",
     )
     p.add_argument(
         "--insecure",

@@ -722,3 +722,20 @@ def test_idempotency_keys_name_one_reward_in_one_session(tmp_path: Path) -> None
     with BackgroundServer(db_path=db) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
         assert reward(c, "s1", "r1", 1.0, "legacy").json()["status"] == "duplicate"
         assert count(c, "s1") == 2  # r1's and r3's
+
+
+def test_serve_flags_reach_the_config(monkeypatch: Any, tmp_path: Path) -> None:
+    from synth_middleware import cli
+    from synth_middleware.server import run
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(run, "serve", lambda **kw: seen.update(kw))
+    monkeypatch.delenv("SYNTH_API_KEY", raising=False)
+    argv = ["serve", "--db", str(tmp_path / "f.db"), "--allowed-host", "a.example"]
+    argv += ["--allowed-host", "b.example", "--upstream-total-timeout", "7"]
+    assert cli.main(argv) == 0
+    cfg = seen["config"]
+    assert cfg.allowed_hosts == ("a.example", "b.example") and cfg.upstream_total_timeout == 7
+    monkeypatch.setenv("SYNTH_ALLOWED_HOSTS", "c.example, d.example")
+    assert cli.main(["serve", "--db", str(tmp_path / "f.db")]) == 0
+    assert seen["config"].allowed_hosts == ("c.example", "d.example")

@@ -63,7 +63,12 @@ _FEEDBACK_SCHEMA: dict[str, Any] = {
                             "type": "string",
                             "description": "the x-synth-rollout header of the rated response",
                         },
-                        "reward": {"type": "number", "description": "finite reward value"},
+                        "reward": {
+                            "type": "number",
+                            "minimum": -1e6,
+                            "maximum": 1e6,
+                            "description": "the reward: finite, within +-1e6",
+                        },
                         "feedback": {"type": "string", "maxLength": 65536},
                         "metadata": {"type": "object"},
                     },

@@ -67,7 +67,9 @@ class HostPolicy:
         bind_host: str | None = None,
         public_url: str | None = None,
     ) -> None:
-        hosts = {host_of(h) for h in allowed if h}
+        if isinstance(allowed, str):  # "a.example,b.example"
+            allowed = allowed.split(",")
+        hosts = {host_of(h) for h in allowed if h and h.strip()}
         self.any = "*" in hosts
         if bind_host and host_of(bind_host) not in ("0.0.0.0", "::", ""):
             hosts.add(host_of(bind_host))
