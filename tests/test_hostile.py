@@ -739,3 +739,16 @@ def test_serve_flags_reach_the_config(monkeypatch: Any, tmp_path: Path) -> None:
     monkeypatch.setenv("SYNTH_ALLOWED_HOSTS", "c.example, d.example")
     assert cli.main(["serve", "--db", str(tmp_path / "f.db")]) == 0
     assert seen["config"].allowed_hosts == ("c.example", "d.example")
+
+
+def test_a_key_repeated_in_one_batch_without_its_session(tmp_path: Path) -> None:
+    """The first record creates its rollout (naming the session), the second names only
+    the rollout: still the same key in the same session, so a duplicate."""
+    with LocalBackend(str(tmp_path / "b.db")) as b:
+        seed(b, "s", CANDIDATE)
+        first = {"idempotency_key": "k", "rollout_id": "new", "session_id": "s", "value": 1.0}
+        second = {"idempotency_key": "k", "rollout_id": "new", "value": 1.0}
+        third = {"idempotency_key": "k", "rollout_id": "new", "value": 0.0}
+        res = b.record_rewards([first, second, third])
+        assert [r["status"] for r in res] == ["accepted", "duplicate", "rejected"]
+        assert b.get_state("s")["reward_count"] == 1

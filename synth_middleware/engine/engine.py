@@ -927,8 +927,12 @@ class Engine:
                 key_rows: list[tuple[str, str, int, str]] = []
                 new_rollouts: list[RolloutRow] = []
                 for r in parsed:
-                    skey = scoped[r.index]
                     row = known.get(r.rollout_id)
+                    skey = _scoped_key(
+                        row.session_id if row is not None else r.session_id or "", r.key
+                    )
+                    if skey != scoped[r.index]:  # its rollout was created earlier in this batch
+                        seqs.update(txn.reward_key_seqs([skey]))
                     if row is not None and r.session_id not in (None, row.session_id):
                         results[r.index] = _rejected(
                             r.key,
