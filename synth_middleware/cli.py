@@ -125,7 +125,11 @@ def _add_serve(sub: _SubParsers) -> None:
         "$OPENAI_API_KEY",
     )
     p.add_argument(
-        "--upstream-timeout", type=float, default=60.0, help="seconds the proxy waits upstream"
+        "--upstream-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the proxy waits upstream: for a connection, for each read, and (unless "
+        "--upstream-total-timeout) for a whole non-streaming call or a stream's first byte",
     )
     p.add_argument(
         "--max-body-bytes",
