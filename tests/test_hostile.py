@@ -427,6 +427,7 @@ def test_a_keyless_server_refuses_web_pages_and_foreign_hosts(
             assert "items" not in r.text
             r = c.post(PROXY, json=CHAT, headers={"host": host})
             assert r.status_code == 421
+        assert c.get("/health", headers={"host": "10.0.0.7:8000"}).status_code == 200  # probes
         # a page on another origin (a browser sends Origin / Sec-Fetch-Site)
         r = c.post(PROXY, json=CHAT, headers={"origin": "https://evil.example"})
         assert r.status_code == 403

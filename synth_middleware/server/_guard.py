@@ -99,7 +99,8 @@ class RequestGuardMiddleware:
     def _refusal(self, scope: Scope) -> tuple[int, bytes] | None:
         headers = scope.get("headers") or ()
         policy = self.policy
-        if policy is not None and not policy.any:
+        probe = scope.get("method") in ("GET", "HEAD") and scope.get("path") == "/health"
+        if policy is not None and not policy.any and not probe:  # /health: no data, any Host
             client = scope.get("client")
             in_process = bool(client) and client[0] == "testclient"  # Starlette's TestClient
             for name, value in headers:
