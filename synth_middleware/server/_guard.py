@@ -15,6 +15,7 @@
   ``Sec-Fetch-Site: cross-site``) from elsewhere gets 403. With a key, a page
   cannot send it without a CORS preflight (which this server never grants),
   so these checks are left to the key. ``allowed_hosts=("*",)`` turns them off.
+  ``GET /health`` (no data) answers any ``Host``, for orchestrators' probes.
 """
 
 from __future__ import annotations
