@@ -53,6 +53,13 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         public_url=args.public_url,
         dashboard=not args.no_dashboard,
+        upstream_total_timeout=args.upstream_total_timeout,
+        allowed_hosts=tuple(
+            args.allowed_host
+            or [
+                h.strip() for h in os.environ.get("SYNTH_ALLOWED_HOSTS", "").split(",") if h.strip()
+            ]
+        ),
     )
     replica_options = None
     if args.lease_seconds is not None:
@@ -118,7 +125,11 @@ def _add_serve(sub: _SubParsers) -> None:
         "$OPENAI_API_KEY",
     )
     p.add_argument(
-        "--upstream-timeout", type=float, default=60.0, help="seconds the proxy waits upstream"
+        "--upstream-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the proxy waits upstream: for a connection, for each read, and (unless "
+        "--upstream-total-timeout) for a whole non-streaming call or a stream's first byte",
     )
     p.add_argument(
         "--max-body-bytes",
@@ -126,7 +137,23 @@ def _add_serve(sub: _SubParsers) -> None:
         default=1024 * 1024,
         help="largest request body accepted (default 1 MiB); larger ones get 413",
     )
+    p.add_argument(
+        "--upstream-total-timeout",
+        type=float,
+        default=None,
+        help="seconds a non-streaming proxy call may take in all, and a stream to its first "
+        "byte (default: the --upstream-timeout)",
+    )
     p.add_argument("--public-url", default=None, help="base of the URLs handed out to clients")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="without an API key: a Host name (besides loopback and --host) the server "
+        "answers and whose web pages may call it; repeatable; '*' allows any (default "
+        "$SYNTH_ALLOWED_HOSTS, comma separated)",
+    )
     p.add_argument(
         "--insecure",
         action="store_true",

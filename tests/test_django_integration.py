@@ -150,6 +150,11 @@ def test_feedback_endpoint(client, clients, backend, settings):
         "invalid_json",
     )
     assert code(client.get("/synth/feedback")) == (405, "method_not_allowed")
+    # one reward per token: a replay answers the first result, another value is a 409
+    again = _feedback(client, token, 1.0, feedback="resolved")
+    assert again.status_code == 202 and again.json() == ok.json()
+    assert code(_feedback(client, token, 0.0)) == (409, "token_already_used")
+    token = _token(client.get("/classify"))
     # a pluggable auth check, from the settings dict
     settings.SYNTH_MIDDLEWARE = {
         **settings.SYNTH_MIDDLEWARE,

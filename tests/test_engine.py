@@ -97,14 +97,18 @@ def test_reward_and_rollout_idempotency(engine: Engine, db: str) -> None:
     res = engine.record_rollouts(rollouts(SID, ["r1", "r2", "r3"], None))
     assert (res.accepted, res.duplicates) == (1, 2)
 
-    first = engine.record_rewards([reward("k1", "r1", 1.0), reward("k1", "r1", 0.0)])
+    first = engine.record_rewards([reward("k1", "r1", 1.0), reward("k1", "r1", 1.0)])
     assert [r["status"] for r in first] == ["accepted", "duplicate"]  # duplicate within a batch
-    again = engine.record_rewards([reward("k1", "r1", 0.0), reward("k2", "r2", 0.0)])
+    again = engine.record_rewards([reward("k1", "r1", 1.0), reward("k2", "r2", 0.0)])
     assert [r["status"] for r in again] == ["duplicate", "accepted"]
+    # a key reused for another reward is refused, not silently ignored (issue #23)
+    conflict = engine.record_rewards([reward("k1", "r1", 0.0)])[0]
+    assert conflict["status"] == "rejected" and "conflict" in conflict["error"]
 
     # ... and after a restart (the keys live in the database, not in memory)
     other = Engine(open_store(db))
-    assert other.record_rewards([reward("k2", "r2", 1.0)])[0]["status"] == "duplicate"
+    assert other.record_rewards([reward("k2", "r2", 0.0)])[0]["status"] == "duplicate"
+    assert other.record_rewards([reward("k2", "r2", 1.0)])[0]["status"] == "rejected"
     other.close()
 
     s = stats_of(engine.get_state(SID), base)

@@ -132,3 +132,99 @@ def test_public_routes_carry_no_data(live) -> None:  # type: ignore[no-untyped-d
         # the dashboard is a static shell: the same bytes whatever the database holds
         page = c.get("/").content
         assert b"<script" in page and b"fetch(" in page
+
+
+# -- hand-written hostile cases (issue #23): each must answer a JSON 4xx, never a 5xx or
+# -- a dropped connection, and leave every session readable afterwards.
+
+S = f"/api/v1/online/sessions/{SECRET_SESSION}"
+_JSON = {"content-type": "application/json"}
+HOSTILE: list[tuple[str, str, bytes, dict[str, str]]] = [
+    *[
+        ("POST", f"{S}/reward", b'{"rollout_id":"h1","reward_info":{"score":%s}}' % v, _JSON)
+        for v in (b"1e155", b"-1e308", b"1" + b"0" * 400, b"1e999", b"NaN", b"-Infinity", b'"1"')
+    ],
+    *[
+        (
+            "POST",
+            "/api/v1/rewards/batch",
+            b'{"rewards":[{"idempotency_key":"h","rollout_id":"h2","session_id":"%s","value":%s}]}'
+            % (SECRET_SESSION.encode(), v),
+            _JSON,
+        )
+        for v in (b"1e155", b"1" + b"0" * 400, b"true")
+    ],
+    *[
+        (
+            "POST",
+            "/api/v1/rollouts/batch",
+            b'{"rollouts":[{"rollout_id":"h3","session_id":"%s","created_at":%s}]}'
+            % (SECRET_SESSION.encode(), v),
+            _JSON,
+        )
+        for v in (b"1e308", b"-1e308", b"1e999", b"1" + b"0" * 400)
+    ],
+    (
+        "POST",
+        f"{S}/reward",
+        b'{"rollout_id":"h4","reward_info":{"score":1},"created_at":1e308}',
+        _JSON,
+    ),
+    ("POST", f"{S}/proxy/chat/completions", b"[" * 100_000, _JSON),
+    ("POST", f"{S}/proxy/chat/completions", b'{"messages":' + b"{" * 50_000, _JSON),
+    ("POST", f"{S}/reward", b"[" * 100_000, _JSON),
+    ("POST", "/api/v1/rewards/batch", b'{"rewards":' + b"[" * 100_000, _JSON),
+    *[
+        ("POST", f"{S}/proxy/{rid}/chat/completions", b'{"messages":[]}', _JSON)
+        for rid in ("%0D%0Ax-a:%201", "a%00b", "%E9", "%FF%FE", "%C0%AF", "a%20b")
+    ],
+    *[
+        ("GET", f"/api/v1/online/sessions/{sid}/state", b"", {})
+        for sid in ("%00", "%E9", "..%2F..", "a%0D%0Ab", "x" * 300)
+    ],
+    ("POST", f"{S}/proxy/chat/completions", b'{"messages":[]}', {"content-type": "text/plain"}),
+    (
+        "POST",
+        f"{S}/reward",
+        b'{"reward_info":{"score":1}}',
+        {"content-type": "multipart/form-data"},
+    ),
+    (
+        "POST",
+        f"{S}/reward",
+        b'{"reward_info":{"score":1}}',
+        {**_JSON, "idempotency-key": "x" * 300},
+    ),
+]
+
+
+def _hostile_round(url: str, headers: dict[str, str]) -> list[str]:
+    bad: list[str] = []
+    with httpx.Client(base_url=url, timeout=20) as c:
+        for method, path, body, extra in HOSTILE:
+            try:
+                r = c.request(method, path, content=body or None, headers={**headers, **extra})
+            except httpx.HTTPError as exc:
+                bad.append(f"{method} {path[:80]} {body[:40]!r}: connection {type(exc).__name__}")
+                continue
+            if r.status_code >= 500 or (r.status_code >= 400 and "error" not in r.text[:200]):
+                bad.append(f"{method} {path[:80]} {body[:40]!r} -> {r.status_code} {r.text[:200]}")
+        for path in ("/api/v1/online/sessions", f"{S}/state", f"{S}/timeline", f"{S}/rollouts"):
+            r = c.get(path, headers={k: v for k, v in headers.items() if k != "host"})
+            if r.status_code != 200:
+                bad.append(f"GET {path} afterwards -> {r.status_code} {r.text[:200]}")
+    return bad
+
+
+def test_hostile_cases_answer_4xx_with_a_key(live) -> None:  # type: ignore[no-untyped-def]
+    bad = _hostile_round(live.url, {"authorization": f"Bearer {KEY}"})
+    assert not bad, "\n".join(bad)
+
+
+def test_hostile_cases_answer_4xx_without_a_key(tmp_path, model_server) -> None:  # type: ignore[no-untyped-def]
+    with BackgroundServer(db_path=str(tmp_path / "k.db"), upstream_url=model_server.url) as srv:
+        r = httpx.post(f"{srv.url}/api/v1/online/sessions", json={"session_id": SECRET_SESSION})
+        assert r.status_code == 200
+        bad = _hostile_round(srv.url, {})
+        bad += _hostile_round(srv.url, {"host": "evil.example"})
+    assert not bad, "\n".join(bad)

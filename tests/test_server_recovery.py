@@ -145,7 +145,8 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert after["reward_count"] >= before["reward_count"]
         stats = {c["candidate_id"]: c for c in after["candidates"]}
         assert stats[cid]["reward_count"] >= 600 + len(acked)
-        # every acknowledged key is stored: sending them again is a duplicate
+        # every acknowledged key is stored: sending one again for another reward is an
+        # idempotency conflict (a key names one reward), never a new reward
         again = [
             {"idempotency_key": k, "rollout_id": "x", "value": 0.0, "session_id": sid}
             for k in ["b0", "b1199", *acked]
@@ -153,7 +154,8 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
         results = httpx.post(
             f"{url}/api/v1/rewards/batch", headers=HEADERS, json={"rewards": again}
         ).json()["results"]
-        assert {r["status"] for r in results} == {"duplicate"}
+        assert {r["status"] for r in results} == {"rejected"}
+        assert all("idempotency_key conflict" in r["error"] for r in results)
         # and the server keeps writing on top of the recovered log
         r = httpx.post(
             f"{url}/api/v1/online/sessions/{sid}/reward",

@@ -282,7 +282,7 @@ def test_batch_rewards_and_rollouts(http: httpx.Client) -> None:
     rewards = [
         {"idempotency_key": f"k{i}", "rollout_id": f"b{i}", "value": i / 4} for i in range(5)
     ] + [
-        {"idempotency_key": "k0", "rollout_id": "b0", "value": 1.0},
+        {"idempotency_key": "k0", "rollout_id": "b0", "value": 0.0},  # the same reward again
         {"idempotency_key": "kbad", "rollout_id": "b1", "value": float("inf")},
         {"idempotency_key": "knone", "rollout_id": "unknown-rollout", "value": 1.0},
     ]
@@ -722,7 +722,8 @@ def test_json_bodies_without_content_type_are_json_on_every_route(http: httpx.Cl
     assert r.status_code == 200, r.text
     for path in ("/api/v1/online/sessions", f"/api/v1/online/sessions/{sid}/reward"):
         r = http.post(path, content=body, headers={"content-type": "text/plain"})
-        assert r.status_code == 422 and error_of(r)["code"] == "validation_error"
+        # a type a web page can post cross-site without a preflight: refused (issue #23)
+        assert r.status_code == 415 and error_of(r)["code"] == "unsupported_media_type"
 
 
 # -- the writer: group commit of concurrent rollout batches -----------------------------------

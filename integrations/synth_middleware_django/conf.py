@@ -14,6 +14,7 @@
         "TOKEN_MAX_AGE": 7 * 24 * 3600,
         "TRACER_PROVIDER": "myapp.telemetry.provider",  # object or dotted path
         "FEEDBACK_AUTH": "myapp.synth.may_reward",      # (request, token) -> bool
+        "FEEDBACK_PER_TOKEN": "once",      # or "all": every feedback post is a reward
     }
 
 Every key is optional; the meaning of each is the FastAPI middleware's
@@ -49,6 +50,7 @@ _OPTIONS = {
     "EXCLUDE_PATHS": "exclude_paths",
     "TOKEN_MAX_AGE": "token_max_age",
     "TRACER_PROVIDER": "tracer_provider",
+    "FEEDBACK_PER_TOKEN": "feedback_per_token",
 }
 _IMPORTABLE = ("KEY", "TRACER_PROVIDER", "FEEDBACK_AUTH")
 _cache: tuple[object, WebConfig, AuthCheck | None] | None = None

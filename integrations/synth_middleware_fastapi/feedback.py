@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from synth_middleware._tokens import TokenData
 from synth_middleware.client._web import (
     DEFAULT_TOKEN_MAX_AGE,
+    FEEDBACK_MODES,
     FEEDBACK_PATH,
     MAX_FEEDBACK_BODY,
     FeedbackError,
@@ -62,7 +63,12 @@ _FEEDBACK_SCHEMA: dict[str, Any] = {
                             "type": "string",
                             "description": "the x-synth-rollout header of the rated response",
                         },
-                        "reward": {"type": "number", "description": "finite reward value"},
+                        "reward": {
+                            "type": "number",
+                            "minimum": -1e6,
+                            "maximum": 1e6,
+                            "description": "the reward: finite, within +-1e6",
+                        },
                         "feedback": {"type": "string", "maxLength": 65536},
                         "metadata": {"type": "object"},
                     },
@@ -80,6 +86,7 @@ def feedback_router(
     token_max_age: float | None = None,
     auth: AuthCheck | None = None,
     include_in_schema: bool = True,
+    per_token: str | None = None,
 ) -> APIRouter:
     """An ``APIRouter`` with ``POST /synth/feedback``: ``{token, reward, feedback?, metadata?}``.
 
@@ -96,7 +103,10 @@ def feedback_router(
 
     ``secret`` and ``token_max_age`` default to the middleware's options
     (then ``SYNTH_TOKEN_SECRET`` and a week), so tokens verify with the
-    secret that signed them. ``auth`` (sync or async) receives the request
+    secret that signed them. ``per_token`` (default: the middleware's
+    ``feedback_per_token``, else ``"once"``): ``"once"`` counts one reward per
+    token and answers a replay with the first result (409 if the replay
+    carries another reward); ``"all"`` counts every post. ``auth`` (sync or async) receives the request
     and the verified token data; a falsy answer refuses the reward.
     """
 
@@ -107,10 +117,14 @@ def feedback_router(
             max_age: float | None = token_max_age
         else:
             max_age = cfg.token_max_age if cfg is not None else DEFAULT_TOKEN_MAX_AGE
+        if per_token is not None:
+            mode = per_token
+        else:
+            mode = cfg.feedback_per_token if cfg is not None else "once"
         try:
             check_body_size(request.headers.get("content-length"))
             body = await _read_body(request)
-            fb = parse_feedback(body, secret=sec, max_age=max_age)
+            fb = parse_feedback(body, secret=sec, max_age=max_age, per_token=mode)
             if auth is not None:
                 ok = auth(request, fb.token)
                 if inspect.isawaitable(ok):
@@ -133,6 +147,8 @@ def feedback_router(
         include_in_schema=include_in_schema,
         openapi_extra=_FEEDBACK_SCHEMA,
     )
+    if per_token is not None and per_token not in FEEDBACK_MODES:
+        raise ValueError(f"per_token must be one of {', '.join(FEEDBACK_MODES)}")
     return router
 
 

@@ -58,6 +58,8 @@ class SynthMiddleware:
     * ``token_max_age``: seconds a token is accepted by the feedback router.
     * ``tracer_provider``: for the reward span when a reward arrives outside
       the request's trace (default: the wrapped client's, else the global one).
+    * ``feedback_per_token``: ``"once"`` (default: one reward per token, a
+      replay answers the first result) or ``"all"`` (every feedback post counts).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class SynthMiddleware:
         exclude_paths: tuple[str, ...] | list[str] | str = (FEEDBACK_PATH,),
         token_max_age: float | None = DEFAULT_TOKEN_MAX_AGE,
         tracer_provider: TracerProvider | None = None,
+        feedback_per_token: str = "once",
     ) -> None:
         self.app = app
         self.config = WebConfig(
@@ -84,9 +87,12 @@ class SynthMiddleware:
             session=session,
             secret=secret,
             baggage=baggage,
-            exclude_paths=tuple([exclude_paths] if isinstance(exclude_paths, str) else exclude_paths),
+            exclude_paths=tuple(
+                [exclude_paths] if isinstance(exclude_paths, str) else exclude_paths
+            ),
             token_max_age=token_max_age,
             tracer_provider=tracer_provider,
+            feedback_per_token=feedback_per_token,
         )
         self._header = self.config.header.encode("latin-1")
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import numbers
 import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from synth_middleware._domain import reward_error
 from synth_middleware._tokens import TokenData, decode_token, encode_token
 from synth_middleware.client._evaluation import anchor
 from synth_middleware.client._otel import (
@@ -71,6 +72,9 @@ MAX_FEEDBACK_BODY = 256 * 1024
 MAX_FEEDBACK_CHARS = 64 * 1024
 MAX_KEY_CHARS = 256
 _MAX_ID_CHARS = 200
+FEEDBACK_MODES = ("once", "all")
+"""``feedback_per_token`` values: one reward per token, or one per feedback post."""
+_REPLAY_MEMORY = 100_000
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 
 _secret_lock = threading.Lock()
@@ -123,6 +127,8 @@ def verify_token(
     """Decode and verify a web token; :class:`FeedbackError` (403) if forged or expired."""
     if not isinstance(token, str) or not token:
         raise FeedbackError(422, "invalid_request", "'token' must be a non-empty string")
+    if not token.isascii():
+        raise FeedbackError(403, "invalid_token", "rollout token is malformed (not ASCII)")
     try:
         data = decode_token(token, secret=resolve_secret(secret))
     except TokenError as exc:
@@ -146,6 +152,10 @@ class WebConfig:
     ``baggage`` puts the ids in W3C baggage for downstream services and joins
     a rollout arriving in incoming baggage (trusted services only: baggage is
     not signed). ``exclude_paths`` are path prefixes that get no rollout.
+    ``feedback_per_token``: ``"once"`` (default) counts one reward per token,
+    a replay of the token answers the first result (409 if it carries another
+    reward); ``"all"`` counts every feedback post (several ratings of one
+    response, each a reward of its rollout).
     """
 
     header: str = ROLLOUT_HEADER
@@ -158,8 +168,14 @@ class WebConfig:
     exclude_paths: tuple[str, ...] = (FEEDBACK_PATH,)
     token_max_age: float | None = DEFAULT_TOKEN_MAX_AGE
     tracer_provider: TracerProvider | None = None
+    feedback_per_token: str = "once"
 
     def __post_init__(self) -> None:
+        if self.feedback_per_token not in FEEDBACK_MODES:
+            raise ValueError(
+                f"feedback_per_token must be one of {', '.join(FEEDBACK_MODES)}, "
+                f"got {self.feedback_per_token!r}"
+            )
         header = self.header.lower() if isinstance(self.header, str) else self.header
         if not isinstance(header, str) or not _HEADER_NAME.match(header):
             raise ValueError(f"header must be a valid HTTP header name, got {self.header!r}")
@@ -375,6 +391,7 @@ class Feedback:
     value: float
     feedback: str | None = None
     metadata: dict[str, Any] | None = None
+    key: str | None = None  # the reward's idempotency key ("once"), or None: a fresh one
 
 
 def check_body_size(content_length: str | None) -> None:
@@ -396,13 +413,20 @@ def too_large() -> FeedbackError:
 
 
 def parse_feedback(
-    body: bytes, *, secret: str | bytes | None = None, max_age: float | None = None
+    body: bytes,
+    *,
+    secret: str | bytes | None = None,
+    max_age: float | None = None,
+    per_token: str = "once",
 ) -> Feedback:
     """Validate a feedback body ``{"token", "reward", "feedback"?, "metadata"?}``.
 
     Raises :class:`FeedbackError`: 413 (too large), 400 (not a JSON object),
-    422 (missing token, non-numeric or non-finite reward, feedback not a
-    string or too long, metadata not an object), 403 (forged or expired token).
+    422 (missing token, a reward that is not a finite number within +-1e6,
+    feedback not a string or too long, metadata not an object), 403 (forged,
+    malformed or expired token). With ``per_token="once"`` the reward's
+    idempotency key is derived from the token, so the token rewards its
+    rollout once, in any process.
     """
     if len(body) > MAX_FEEDBACK_BODY:
         raise too_large()
@@ -417,9 +441,10 @@ def parse_feedback(
     value = data["reward"]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise FeedbackError(422, "invalid_reward", "'reward' must be a number")
+    problem = reward_error(value)
+    if problem is not None:
+        raise FeedbackError(422, "invalid_reward", f"'reward': {problem}")
     value = float(value)
-    if not math.isfinite(value):
-        raise FeedbackError(422, "invalid_reward", "'reward' must be finite")
     feedback = data.get("feedback")
     if feedback is not None:
         if not isinstance(feedback, str):
@@ -431,23 +456,59 @@ def parse_feedback(
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise FeedbackError(422, "invalid_metadata", "'metadata' must be an object")
-    token = verify_token(data.get("token"), secret, max_age)
-    return Feedback(token, value, feedback, dict(metadata) if metadata else None)
+    raw_token = data.get("token")
+    token = verify_token(raw_token, secret, max_age)
+    if per_token not in FEEDBACK_MODES:
+        raise ValueError(f"per_token must be one of {', '.join(FEEDBACK_MODES)}")
+    key = None
+    if per_token == "once":
+        digest = hashlib.blake2b(raw_token.encode("ascii"), digest_size=16).hexdigest()
+        key = f"fb_{digest}"
+    return Feedback(token, value, feedback, dict(metadata) if metadata else None, key)
+
+
+_replay_lock = threading.Lock()
+_replays: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
 
 def submit_feedback(fb: Feedback) -> dict[str, Any]:
-    """Queue the reward (non-blocking); the JSON body of the 202 answer."""
+    """Queue the reward (non-blocking); the JSON body of the 202 answer.
+
+    A token already used in this process (``fb.key`` set) answers the first
+    result without queueing again, or 409 ``token_already_used`` if it now
+    carries another reward; across processes the derived idempotency key
+    makes the backend count it once.
+    """
     from synth_middleware.client.rewards import reward
 
     t = fb.token
+    if fb.key is not None:
+        with _replay_lock:
+            seen = _replays.get(fb.key)
+        if seen is not None:
+            if seen[0] != fb.value:
+                raise FeedbackError(
+                    409,
+                    "token_already_used",
+                    "this token already reported another reward; one reward per token",
+                )
+            return dict(seen[1])
     r = Rollout(t.session_id, t.rollout_id, t.candidate_id)
     try:
-        key = reward(r, fb.value, feedback=fb.feedback, metadata=fb.metadata)
+        key = reward(
+            r, fb.value, feedback=fb.feedback, metadata=fb.metadata, idempotency_key=fb.key
+        )
     except SynthError as exc:
         raise FeedbackError(503, "unavailable", str(exc)) from None
     except ValueError as exc:
         raise FeedbackError(422, "invalid_reward", str(exc)) from None
-    return {"status": "accepted", "rollout_id": t.rollout_id, "idempotency_key": key}
+    out = {"status": "accepted", "rollout_id": t.rollout_id, "idempotency_key": key}
+    if fb.key is not None:
+        with _replay_lock:
+            _replays[fb.key] = (fb.value, dict(out))
+            while len(_replays) > _REPLAY_MEMORY:
+                _replays.popitem(last=False)
+    return out
 
 
 def forbidden() -> FeedbackError:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
+from synth_middleware._domain import reward_error
 from synth_middleware._ids import random_hex
 from synth_middleware._tokens import decode_token, looks_like_token
 from synth_middleware.client import registry
@@ -29,20 +29,35 @@ def reward(
     feedback: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     stop: bool = False,
+    idempotency_key: str | None = None,
 ) -> str:
     """Report a reward for a rollout; returns the reward's idempotency key.
 
     ``target`` is a response or stream a wrapped client returned, a
     :class:`Rollout`, a rollout id, or a rollout token (from another request or
     process). Non-blocking: the reward is queued and delivered in the
-    background. Raises ``ValueError`` at once for a non-numeric or non-finite
-    value, oversized feedback, or a target that names no rollout.
+    background.
+
+    ``value`` must be a finite real number with ``abs(value) <= 1e6``
+    (:data:`synth_middleware._domain.MAX_ABS_REWARD`; ``bool`` is not a
+    number here): scale larger scores down. Raises ``ValueError`` at once for
+    a value outside that domain, oversized feedback, or a target that names no
+    rollout.
+
+    ``idempotency_key`` (default: a fresh random key) names the reward: the
+    backend stores one reward per key, so re-sending the same report (e.g.
+    the same feedback token posted twice) is counted once.
     """
+    if idempotency_key is not None and not (
+        isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
+    ):
+        raise ValueError("idempotency_key must be a non-empty string of at most 256 characters")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"reward value must be a real number, got {type(value).__name__}")
+    problem = reward_error(value)
+    if problem is not None:
+        raise ValueError(problem)
     value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"reward value must be finite, got {value}")
     if feedback is not None:
         if not isinstance(feedback, str):
             raise ValueError("feedback must be a string")
@@ -57,7 +72,7 @@ def reward(
             "no wrapped client in this process to deliver the reward through; "
             "call synth_middleware.wrap(...) first"
         )
-    key = random_hex(128)
+    key = idempotency_key or random_hex(128)
     rt.reporter.add_reward(
         {
             "idempotency_key": key,

@@ -14,8 +14,6 @@ import base64
 import binascii
 import json
 import logging
-import math
-import numbers
 import os
 import re
 import threading
@@ -25,6 +23,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from synth_middleware._domain import (
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    as_reward,
+    as_timestamp,
+    reward_error,
+)
 from synth_middleware.backends.base import (
     CandidateItem,
     RewardRecord,
@@ -140,19 +145,6 @@ def _json_size(value: Any, what: str, limit: int) -> int:
     if size > limit:
         raise ValueError(f"{what} is {size} bytes as JSON, over the {limit} byte limit")
     return size
-
-
-def _finite_number(value: object) -> float | None:
-    """``float(value)`` for a finite real number (``bool`` and ``str`` are not), else ``None``."""
-    if type(value) is float:  # the common case, without the ABC check below
-        return value if math.isfinite(value) else None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        number = float(value)
-    except (OverflowError, TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 @dataclass(slots=True)
@@ -925,15 +917,50 @@ class Engine:
 
             def op(batch: _Batch) -> None:
                 txn = batch.txn
-                seen = txn.existing_reward_keys([r.key for r in parsed])
                 known = txn.get_rollouts(list({r.rollout_id: None for r in parsed}))
+                # Keys are scoped per session (stored as "<session>\x1f<key>"): the session
+                # is the rollout's, else the one the reward names. Keys stored before
+                # scoping (no separator) still count as seen.
+                scoped: dict[int, str] = {}
+                for r in parsed:
+                    row = known.get(r.rollout_id)
+                    sid = row.session_id if row is not None else r.session_id
+                    scoped[r.index] = _scoped_key(sid or "", r.key)
+                seqs = txn.reward_key_seqs([*scoped.values(), *(r.key for r in parsed)])
+                in_batch: dict[str, tuple[str, float]] = {}
                 key_rows: list[tuple[str, str, int, str]] = []
                 new_rollouts: list[RolloutRow] = []
                 for r in parsed:
-                    if r.key in seen:
-                        results[r.index] = {"idempotency_key": r.key, "status": "duplicate"}
-                        continue
                     row = known.get(r.rollout_id)
+                    skey = _scoped_key(
+                        row.session_id if row is not None else r.session_id or "", r.key
+                    )
+                    if skey != scoped[r.index]:  # its rollout was created earlier in this batch
+                        seqs.update(txn.reward_key_seqs([skey]))
+                    if row is not None and r.session_id not in (None, row.session_id):
+                        results[r.index] = _rejected(
+                            r.key,
+                            f"rollout {r.rollout_id!r} belongs to another session, "
+                            f"not {r.session_id!r}",
+                        )
+                        continue
+                    if skey in in_batch or skey in seqs or r.key in seqs:
+                        if skey in in_batch:
+                            first: tuple[str, float] | None = in_batch[skey]
+                        elif skey in seqs:
+                            first = self._stored_reward(txn, skey, seqs[skey])
+                        else:
+                            first = None  # stored before keys were scoped: not compared
+                        if first is not None and first != (r.rollout_id, r.value):
+                            results[r.index] = _rejected(
+                                r.key,
+                                f"{IDEMPOTENCY_CONFLICT}: this idempotency_key was used for "
+                                f"another reward (rollout {first[0]!r}, value {first[1]!r}); "
+                                "a key names one reward",
+                            )
+                        else:
+                            results[r.index] = {"idempotency_key": r.key, "status": "duplicate"}
+                        continue
                     state = self._session(batch, row.session_id) if row is not None else None
                     if row is None:
                         row, state, error = self._implicit_rollout(batch, r)
@@ -959,8 +986,9 @@ class Engine:
                     if r.stop:
                         payload["stop"] = True
                     ev = batch.emit(state, REWARD, payload)
-                    key_rows.append((r.key, state.session_id, ev.seq, r.rollout_id))
-                    seen.add(r.key)
+                    skey = _scoped_key(state.session_id, r.key)
+                    key_rows.append((skey, state.session_id, ev.seq, r.rollout_id))
+                    in_batch[skey] = (r.rollout_id, r.value)
                     if r.stop:
                         self._set_status(batch, state, "completed", "stop")
                     results[r.index] = {"idempotency_key": r.key, "status": "accepted"}
@@ -971,6 +999,15 @@ class Engine:
 
             self._write(op)
         return results  # type: ignore[return-value]  # every slot is filled above
+
+    @staticmethod
+    def _stored_reward(txn: WriteTxn, skey: str, seq: int) -> tuple[str, float] | None:
+        """``(rollout_id, value)`` of the reward stored under ``skey`` at ``seq``."""
+        session_id = skey.partition(_KEY_SEP)[0]
+        for ev in txn.read_events(session_id, seq - 1, 1):
+            if ev.seq == seq and ev.type == REWARD:
+                return ev.payload.get("rollout_id"), float(ev.payload.get("value", 0.0))
+        return None
 
     def _implicit_rollout(
         self, batch: _Batch, r: _Reward
@@ -1082,6 +1119,18 @@ class Engine:
 # -- parsing helpers ---------------------------------------------------------
 
 
+_KEY_SEP = "\x1f"
+IDEMPOTENCY_CONFLICT = "idempotency_key conflict"
+"""The start of the error of a reward whose key names another reward (answered 409)."""
+
+
+def _scoped_key(session_id: str, key: str) -> str:
+    return f"{session_id}{_KEY_SEP}{key}"
+
+
+_TIMESTAMP_ERROR = f"created_at must be epoch seconds from {MIN_TIMESTAMP:g} to {MAX_TIMESTAMP:g}"
+
+
 def _rejected(key: str, error: str) -> RewardResult:
     return {"idempotency_key": key, "status": "rejected", "error": error}
 
@@ -1098,16 +1147,16 @@ def _parse_reward(index: int, record: object, now: float) -> _Reward | RewardRes
     if not _is_id(rollout_id):
         return _rejected(key, "rollout_id must be a non-empty string (max 256 chars)")
     raw = record.get("value")
-    value = _finite_number(raw)
+    value = as_reward(raw)
     if value is None:
-        return _rejected(key, f"value must be a finite real number, not {raw!r:.80}")
+        return _rejected(key, f"value: {reward_error(raw)}")
     created_at = record.get("created_at")
     if created_at is None:
         created_at = now
     else:
-        created_at = _finite_number(created_at)
+        created_at = as_timestamp(created_at)
         if created_at is None:
-            return _rejected(key, "created_at must be a finite number (epoch seconds)")
+            return _rejected(key, _TIMESTAMP_ERROR)
     session_id = record.get("session_id")
     if session_id is not None and (
         not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id)
@@ -1170,9 +1219,9 @@ def _parse_rollout(index: int, record: object, now: float) -> _Rollout:
     if candidate_id is not None and not _is_id(candidate_id):
         raise ValueError("candidate_id must be a non-empty string or None")
     created_at = record.get("created_at")
-    created = now if created_at is None else _finite_number(created_at)
+    created = now if created_at is None else as_timestamp(created_at)
     if created is None:
-        raise ValueError("created_at must be a finite number (epoch seconds)")
+        raise ValueError(_TIMESTAMP_ERROR)
     detail: dict[str, Any] = {
         "rollout_id": rollout_id,
         "served_candidate_id": candidate_id,

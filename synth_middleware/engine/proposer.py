@@ -12,8 +12,10 @@ Where the key comes from (never from a request or a session config):
   endpoint (``https://api.openai.com/v1`` by default; a trailing
   ``/chat/completions`` is accepted, as the hosted dialect writes it);
 * ``SYNTH_PROPOSER_API_KEY``, else ``OPENAI_API_KEY``, is sent **only** to
-  an allowed host: ``api.openai.com``, the host of ``SYNTH_PROPOSER_URL`` and
-  those listed in ``SYNTH_PROPOSER_ALLOWED_HOSTS`` (comma separated). A
+  an allowed origin (scheme, host, port): ``https://api.openai.com``, the
+  origin of ``SYNTH_PROPOSER_URL``, and those listed in
+  ``SYNTH_PROPOSER_ALLOWED_HOSTS`` (comma separated origins such as
+  ``http://127.0.0.1:8080``, or bare host names trusted on every port). A
   session config naming any other URL gets a call without a key, so a request
   cannot make the backend send its key elsewhere;
 * ``proposer_model`` (session config), else ``SYNTH_PROPOSER_MODEL``, else
@@ -33,7 +35,9 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from synth_middleware._origins import origin_allowed, split_list
+from synth_middleware._scrub import Scrubber
 
 if TYPE_CHECKING:
     from synth_middleware.engine.config import SessionConfig
@@ -63,7 +67,6 @@ ENV_URL = "SYNTH_PROPOSER_URL"
 ENV_MODEL = "SYNTH_PROPOSER_MODEL"
 ENV_ALLOWED_HOSTS = "SYNTH_PROPOSER_ALLOWED_HOSTS"
 DEFAULT_URL = "https://api.openai.com/v1"
-_OPENAI_HOST = "api.openai.com"
 _NO_KEY = "no-key"  # the openai client insists on some key; servers without auth ignore it
 _FIELD_CHARS = 2000  # one input/output/feedback in a prompt
 _INSTRUCTION_CHARS = 8000
@@ -97,6 +100,8 @@ def scrub_secrets(text: str, env: Mapping[str, str] | None = None) -> str:
         key = env.get(name)
         if key and len(key) >= 4:
             text = text.replace(key, "***")
+    # Fragments too (a provider's "abcd1234****wxyz" of a key without an sk- prefix).
+    text = Scrubber((env.get(ENV_API_KEY), env.get("OPENAI_API_KEY")))(text)
     return _KEY_PATTERN.sub("***", text)
 
 
@@ -110,29 +115,13 @@ def normalize_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _host(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        return (urlsplit(url).hostname or "").lower() or None
-    except ValueError:
-        return None
-
-
 def api_key_for(url: str, env: Mapping[str, str] | None = None) -> str | None:
     """The key to send to ``url``, or ``None`` when its host is not allowed (see module doc)."""
     env = os.environ if env is None else env
-    host = _host(url)
-    if host is None:
-        return None
-    allowed = {_OPENAI_HOST}
-    op_host = _host(env.get(ENV_URL))
-    if op_host:
-        allowed.add(op_host)
-    for h in (env.get(ENV_ALLOWED_HOSTS) or "").split(","):
-        if h.strip():
-            allowed.add(h.strip().lower())
-    if host not in allowed:
+    # Origins, not hosts: the operator's SYNTH_PROPOSER_URL allows its own scheme and port
+    # only (a session naming another port on that host gets no key).
+    allowed = [DEFAULT_URL, env.get(ENV_URL), *split_list(env.get(ENV_ALLOWED_HOSTS))]
+    if not origin_allowed(url, allowed):
         return None
     return env.get(ENV_API_KEY) or env.get("OPENAI_API_KEY") or None
 

@@ -9,15 +9,20 @@ state. Validation happens before an event is written (in the engine), so
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from synth_middleware._domain import clamp_reward
 from synth_middleware.backends.base import CandidateItem, CandidateStats, SessionState
 from synth_middleware.engine.evidence import EvidenceLedger
 
 if TYPE_CHECKING:
     from synth_middleware.engine.policy import PolicyDecision, PolicySettings
+
+_log = logging.getLogger(__name__)
 
 # Event types (the ``type`` column of the log).
 SESSION_CREATED = "session_created"
@@ -95,11 +100,20 @@ class CandidateState:
         return self.m2 / (self.reward_count - 1) if self.reward_count > 1 else None
 
     def add_reward(self, value: float) -> None:
-        """Welford's update: numerically stable, O(1), exact replay order matters."""
+        """Welford's update: numerically stable, O(1), exact replay order matters.
+
+        ``value`` is bounded to the reward range first (the engine refuses values
+        outside it; an event log written before that may still hold one), so the
+        mean stays within +-1e6 and ``m2`` below ``count * 4e12``: finite for any
+        count a store can hold.
+        """
+        value = clamp_reward(value)
+        if not (math.isfinite(self.mean) and math.isfinite(self.m2)):  # an old snapshot
+            self.mean, self.m2 = clamp_reward(self.mean), 0.0
         self.reward_count += 1
         delta = value - self.mean
         self.mean += delta / self.reward_count
-        self.m2 += delta * (value - self.mean)
+        self.m2 = max(self.m2 + delta * (value - self.mean), 0.0)
 
     def to_stats(self) -> CandidateStats:
         """The wire ``CandidateStats`` shape."""
@@ -359,9 +373,26 @@ class SessionStateMachine:
             cand.rollout_count += 1
 
     def _on_reward(self, event: Event) -> None:
+        try:
+            raw = float(event.payload["value"])
+        except (KeyError, TypeError, ValueError, OverflowError):  # an old or damaged log
+            _log.warning(
+                "session %s: reward event %d has no numeric value; skipped",
+                self.session_id,
+                event.seq,
+            )
+            return
         self._policy_inputs += 1
         self.reward_count += 1
-        value = float(event.payload["value"])
+        value = clamp_reward(raw)
+        if value != raw:
+            _log.warning(
+                "session %s: reward %r (event %d) is outside the reward range; counted as %r",
+                self.session_id,
+                raw,
+                event.seq,
+                value,
+            )
         if self.reward_min is None or value < self.reward_min:
             self.reward_min = value
         if self.reward_max is None or value > self.reward_max:

@@ -172,6 +172,10 @@ class WriteTxn(ABC):
     def existing_reward_keys(self, keys: Sequence[str]) -> set[str]:
         """Which of ``keys`` are already recorded."""
 
+    def reward_key_seqs(self, keys: Sequence[str]) -> dict[str, int]:
+        """The event seq of each of ``keys`` already recorded (to compare a replay's body)."""
+        raise NotImplementedError
+
     @abstractmethod
     def get_rollouts(self, rollout_ids: Sequence[str]) -> dict[str, RolloutRow]:
         """Known rollouts among ``rollout_ids``."""
@@ -306,6 +310,19 @@ class SqliteWriteTxn(_SqliteReads, WriteTxn):
                     f"SELECT idempotency_key FROM reward_keys WHERE idempotency_key IN ({marks})",
                     tuple(chunk),
                 )
+            )
+        return found
+
+    def reward_key_seqs(self, keys: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._conn.execute(
+                    "SELECT idempotency_key, seq FROM reward_keys"
+                    f" WHERE idempotency_key IN ({marks})",
+                    tuple(chunk),
+                ).fetchall()
             )
         return found
 

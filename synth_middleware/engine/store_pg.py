@@ -333,6 +333,16 @@ class PgWriteTxn(WriteTxn):
         )
         return {r[0] for r in rows}
 
+    def reward_key_seqs(self, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        rows = self._rows(
+            "SELECT idempotency_key, seq FROM reward_keys WHERE idempotency_key = ANY(%s::text[])",
+            (_text_array(keys),),
+            prepare=False,
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
     def get_rollouts(self, rollout_ids: Sequence[str]) -> dict[str, RolloutRow]:
         if not rollout_ids:
             return {}

@@ -16,6 +16,7 @@ from synth_middleware.engine.replicas import ReplicaCoordinator, open_engine
 from synth_middleware.server import jobs
 from synth_middleware.server._auth import ApiKeyMiddleware
 from synth_middleware.server._errors import install_error_handlers
+from synth_middleware.server._guard import HostPolicy, RequestGuardMiddleware
 from synth_middleware.server._limits import BodyLimitMiddleware
 from synth_middleware.server.config import ServerConfig, upstream_key_from_env
 from synth_middleware.server.context import ServerContext
@@ -112,10 +113,15 @@ def create_app(
         from synth_middleware.server import dashboard
 
         app.include_router(dashboard.router)
-    # Added last = outermost: auth first, then the body limit, then the hot routes
+    # Added last = outermost: auth first, then the request guard (content type; Host and
+    # Origin without a key), then the body limit, then the hot routes
     # (answered before FastAPI's routing: see routes/hot.py).
     app.add_middleware(HotRoutes, ctx=ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    policy = None
+    if not cfg.api_key:
+        policy = HostPolicy(cfg.allowed_hosts, bind_host=cfg.bind_host, public_url=cfg.public_url)
+    app.add_middleware(RequestGuardMiddleware, policy=policy)
     if cfg.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
     return app

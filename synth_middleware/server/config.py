@@ -27,11 +27,19 @@ class ServerConfig:
     ``upstream_url``: the OpenAI-compatible base URL the proxy forwards to
     (e.g. ``https://api.openai.com/v1``); ``upstream_api_key`` is sent to it
     (taken from the environment by default, never from a request).
+    ``upstream_timeout`` bounds each wait on the upstream (connection, every
+    read); ``upstream_total_timeout`` (default: ``upstream_timeout``) the whole
+    of a non-streaming call and a stream's wait for its first byte.
     ``public_url``: the base of URLs the server hands out (default: the
     request's own base URL). ``proxy_refresh_interval``: how stale (seconds)
     the proxy's candidate probabilities may get under load.
     ``writer_thread``: run engine writes on a thread instead of the event loop
     (see :mod:`~synth_middleware.server.writer`).
+    ``allowed_hosts``: without ``api_key``, the ``Host`` names (besides
+    loopback, ``bind_host`` and ``public_url``'s host) the server answers, and
+    the page origins it accepts (``"*"``: any; see
+    :mod:`~synth_middleware.server._guard`). ``bind_host``: the address
+    ``serve`` listens on.
     """
 
     api_key: str | None = None
@@ -39,12 +47,15 @@ class ServerConfig:
     upstream_api_key: str | None = field(default=None, repr=False)
     upstream_timeout: float = 60.0
     upstream_connect_timeout: float = 10.0
+    upstream_total_timeout: float | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     public_url: str | None = None
     dashboard: bool = True
     proxy_refresh_interval: float = 0.25
     writer_thread: bool = False
     external_poll_interval: float = 1.0
+    allowed_hosts: tuple[str, ...] = ()
+    bind_host: str | None = None
 
     def __repr__(self) -> str:  # never print keys
         key = "***" if self.api_key else None

@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -62,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.responses import Response
 
+from synth_middleware._origins import container_key_for
 from synth_middleware.container.client import (
     AsyncContainerClient,
     ContainerUnreachable,
@@ -128,7 +128,8 @@ class JobConfig(BaseModel):
 
     ``train_seeds``/``val_seeds`` default to ``0..train_size-1`` and the
     ``val_size`` seeds after them. ``container_api_key`` defaults to the
-    server's ``ENVIRONMENT_API_KEY``.
+    server's ``ENVIRONMENT_API_KEY`` when ``container_url``'s origin is listed in
+    ``SYNTH_CONTAINER_ALLOWED_ORIGINS`` (else no key is sent).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -405,7 +406,7 @@ class JobManager:
 
     async def _run(self, job: Job) -> None:
         cfg = job.config
-        key = cfg.container_api_key or os.environ.get("ENVIRONMENT_API_KEY") or None
+        key = cfg.container_api_key or container_key_for(cfg.container_url)
         client = AsyncContainerClient(
             cfg.container_url,
             key,

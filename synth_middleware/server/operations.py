@@ -7,8 +7,6 @@ so each answer is sent only after its write committed.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import re
 import time
@@ -18,8 +16,10 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 
+from synth_middleware._domain import as_reward, reward_error
 from synth_middleware.backends.base import RewardRecord, SessionState
 from synth_middleware.engine import validate_session_id
+from synth_middleware.engine.engine import IDEMPOTENCY_CONFLICT
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server._errors import ApiError
 from synth_middleware.server.context import ServerContext
@@ -198,13 +198,6 @@ async def set_status(ctx: ServerContext, session_id: str, status: str) -> Sessio
 # -- rewards --------------------------------------------------------------------
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 def _norm(value: Any) -> str:
     return _SPACES.sub(" ", str(value).strip()).casefold()
 
@@ -214,12 +207,10 @@ def reward_value(reward_info: Mapping[str, Any], metadata: Mapping[str, Any] | N
     else 1.0/0.0 from ``{expected, predicted}`` in ``metadata`` or ``reward_info``."""
     for key in _SCORE_KEYS:
         if key in reward_info:
-            number = _finite(reward_info[key])
+            number = as_reward(reward_info[key])
             if number is None:
                 raise ApiError(
-                    422,
-                    "invalid_reward",
-                    f"reward_info.{key} must be a finite number, not {reward_info[key]!r:.80}",
+                    422, "invalid_reward", f"reward_info.{key}: {reward_error(reward_info[key])}"
                 )
             return number
     for source in (metadata or {}, reward_info):
@@ -254,6 +245,8 @@ async def record_reward(
     created_at: float | None = None,
 ) -> dict[str, Any]:
     """Store one reward and answer the ack (400/404 JSON errors when refused)."""
+    if as_reward(value) is None:
+        raise ApiError(422, "invalid_reward", reward_error(value) or "invalid reward")
     ctx.require_session(session_id)
     rid = rollout_id or new_id("ro")
     cid = candidate_id or remembered_candidate(ctx, session_id, rid)
@@ -278,7 +271,10 @@ async def record_reward(
         record["stop"] = True
     result = (await ctx.writer.record_rewards([record]))[0]
     if result["status"] == "rejected":
-        raise ApiError(400, "reward_rejected", result.get("error") or "reward rejected")
+        error = result.get("error") or "reward rejected"
+        if error.startswith(IDEMPOTENCY_CONFLICT):  # as Stripe: a key names one request
+            raise ApiError(409, "idempotency_conflict", error)
+        raise ApiError(400, "reward_rejected", error)
     return {
         "ok": True,
         "status": result["status"],

@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from yarl import URL
 
+from synth_middleware._scrub import Scrubber
 from synth_middleware.backends.base import RolloutRecord
 from synth_middleware.client.candidates import system_text
 from synth_middleware.engine import validate_session_id
@@ -128,17 +129,32 @@ def _stream_text(raw: bytes) -> str | None:
     return "".join(parts) if parts else None
 
 
-def _passthrough_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+def _passthrough_headers(upstream: aiohttp.ClientResponse, scrub: Scrubber) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in upstream.headers.items():
         lower = name.lower()
-        if lower in _PASS_HEADERS or lower.startswith(_PASS_PREFIXES):
+        if (lower in _PASS_HEADERS or lower.startswith(_PASS_PREFIXES)) and scrub.clean(value):
             out[lower] = value
     return out
 
 
-def _upstream_error(status: int, raw: bytes, headers: dict[str, str]) -> Response:
-    """Map an upstream error answer to ours: auth failures and 5xx are 502s."""
+def _valid_rollout_id(rollout_id: str) -> bool:
+    """1-256 visible ASCII characters: it goes into a response header as is."""
+    return (
+        0 < len(rollout_id) <= 256
+        and rollout_id.isascii()
+        and rollout_id.isprintable()
+        and " " not in rollout_id
+    )
+
+
+def _upstream_error(status: int, raw: bytes, headers: dict[str, str], scrub: Scrubber) -> Response:
+    """Map an upstream error answer to ours: auth failures and 5xx are 502s.
+
+    Nothing of the upstream's text is passed on without ``scrub`` (every
+    credential the server holds, by value, and anything key-like); for an auth
+    failure not even that: its message is about our key.
+    """
     message = raw[:500].decode("utf-8", "replace") or f"upstream answered {status}"
     code: str | None = None
     extra: dict[str, Any] = {"upstream_status": status}
@@ -146,19 +162,23 @@ def _upstream_error(status: int, raw: bytes, headers: dict[str, str]) -> Respons
         err = json.loads(raw).get("error")
         if isinstance(err, Mapping):
             message = str(err.get("message") or message)
-            code = str(err["code"]) if err.get("code") else None
+            code = str(err["code"])[:100] if err.get("code") else None
             if err.get("type"):
-                extra["type"] = str(err["type"])
+                extra["type"] = scrub(str(err["type"])[:100])
             if err.get("param"):
-                extra["param"] = str(err["param"])
-    except (ValueError, AttributeError):
+                extra["param"] = scrub(str(err["param"])[:100])
+    except (ValueError, AttributeError, RecursionError):
         pass
+    message = scrub(message[:500])
+    code = scrub(code) if code else None
     keep = {k: v for k, v in headers.items() if k != "content-type"}
     if status in (401, 403):
         return error_response(
             502,
             "upstream_auth_failed",
-            f"the upstream model refused the server's credentials: {message}",
+            f"the upstream model refused the server's credentials ({status}"
+            + (f", {code}" if code else "")
+            + "): check the server's upstream key",
             headers=keep,
             **extra,
         )
@@ -191,6 +211,8 @@ class ProxyService:
         self._registering: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._headers = {"content-type": "application/json"}
+        self.scrub = Scrubber((cfg.upstream_api_key, cfg.api_key))
+        self._total_timeout = cfg.upstream_total_timeout or cfg.upstream_timeout
         if cfg.upstream_api_key:
             self._headers["authorization"] = f"Bearer {cfg.upstream_api_key}"
 
@@ -235,12 +257,16 @@ class ProxyService:
     async def handle(self, request: Request, session_id: str, rollout_id: str | None) -> Response:
         """Serve one chat-completions call for ``session_id``."""
         validate_session_id(session_id)
-        if rollout_id is not None and not 0 < len(rollout_id) <= 256:
-            raise ApiError(422, "validation_error", "rollout_id must be 1-256 characters")
+        if rollout_id is not None and not _valid_rollout_id(rollout_id):
+            raise ApiError(
+                422,
+                "validation_error",
+                "rollout_id must be 1-256 visible ASCII characters (no spaces or controls)",
+            )
         raw = await request.body()
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" nested 100,000 deep
             raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise ApiError(422, "validation_error", "messages: a list of chat messages is required")
@@ -273,23 +299,31 @@ class ProxyService:
         }
         stream = bool(body.get("stream"))
         try:
-            # Redirects are not followed: the upstream key must not go anywhere else.
-            upstream = await session.post(
-                url, data=dumps(body), headers=self._headers, allow_redirects=False
-            )
-            if stream and upstream.status < 300:
-                return self._stream(upstream, record, ids)
-            try:
-                content = await upstream.read()
-            finally:
-                upstream.release()
+            payload = dumps(body)
+        except (TypeError, ValueError, RecursionError):
+            raise ApiError(422, "validation_error", "the request body is not plain JSON") from None
+        # One deadline for the whole call (a stream: up to its first byte), whatever the
+        # upstream's pace: the read timeout alone restarts at every byte.
+        deadline = asyncio.get_running_loop().time() + self._total_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                # Redirects are not followed: the upstream key must not go anywhere else.
+                upstream = await session.post(
+                    url, data=payload, headers=self._headers, allow_redirects=False
+                )
+                if stream and upstream.status < 300:
+                    return self._stream(upstream, record, ids, deadline)
+                try:
+                    content = await upstream.read()
+                finally:
+                    upstream.release()
         except TimeoutError:  # aiohttp's timeouts are TimeoutErrors (and ClientErrors)
             return self._timeout(ids)
         except aiohttp.ClientError as exc:
             return self._unreachable(exc, ids)
-        headers = {**_passthrough_headers(upstream), **ids}
+        headers = {**_passthrough_headers(upstream, self.scrub), **ids}
         if upstream.status >= 300:
-            return _upstream_error(upstream.status, content, headers)
+            return _upstream_error(upstream.status, content, headers, self.scrub)
         try:
             record["output"] = _completion_text(json.loads(content))
         except ValueError:
@@ -298,20 +332,26 @@ class ProxyService:
         return Response(content, status_code=upstream.status, headers=headers)
 
     def _stream(
-        self, upstream: aiohttp.ClientResponse, record: RolloutRecord, ids: dict[str, str]
+        self,
+        upstream: aiohttp.ClientResponse,
+        record: RolloutRecord,
+        ids: dict[str, str],
+        deadline: float,
     ) -> Response:
-        headers = {**_passthrough_headers(upstream), **ids}
+        headers = {**_passthrough_headers(upstream, self.scrub), **ids}
         headers.setdefault("content-type", "text/event-stream")
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(self._relay(upstream, record), headers=headers)
+        return StreamingResponse(self._relay(upstream, record, deadline), headers=headers)
 
     async def _relay(
-        self, upstream: aiohttp.ClientResponse, record: RolloutRecord
+        self, upstream: aiohttp.ClientResponse, record: RolloutRecord, deadline: float
     ) -> AsyncIterator[bytes]:
         captured = bytearray()
         recorded = False
         try:
-            async for chunk in upstream.content.iter_any():
+            async with asyncio.timeout_at(deadline):  # the first byte, within the deadline
+                chunk = await upstream.content.readany()
+            while chunk:  # b"" at the end (as iter_any)
                 if len(captured) < MAX_CAPTURE_BYTES:
                     captured += chunk
                 if not recorded and b"[DONE]" in captured[-(len(chunk) + 8) :]:
@@ -319,6 +359,7 @@ class ProxyService:
                     recorded = True
                     await self._record(record)  # committed before the client sees [DONE]
                 yield chunk
+                chunk = await upstream.content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("proxy: the upstream stream failed: %s", type(exc).__name__)
             error = {"error": {"code": "upstream_error", "message": "the upstream stream failed"}}
@@ -386,7 +427,7 @@ class ProxyService:
         return error_response(
             504,
             "upstream_timeout",
-            f"the upstream model did not answer within {self._ctx.config.upstream_timeout:g}s",
+            f"the upstream model did not answer within {self._total_timeout:g}s",
             headers=ids,
         )
 

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 
 import uvicorn
 from fastapi import FastAPI
@@ -96,13 +97,20 @@ def serve(
     ``max_staleness`` seconds bounds how old reads may be, ``replica_options``
     the lease timing).
     """
-    config = config or ServerConfig()
+    config = replace(config or ServerConfig(), bind_host=host)
     check_bind(host, config.api_key, insecure)
     if not config.api_key and not is_loopback(host):
         logger.warning(
             "synth-middleware: listening on %s WITHOUT an API key (--insecure): anyone who "
             "can reach it can read and change every session",
             host,
+        )
+    elif not config.api_key:
+        logger.warning(
+            "synth-middleware: auth off (no API key): any process on this machine can read "
+            "and change every session%s; only loopback Host names and pages are accepted. "
+            "Set SYNTH_API_KEY to require a key",
+            " and spend the upstream key through the proxy" if config.upstream_url else "",
         )
     engine, replicas = open_engine(
         db_path,

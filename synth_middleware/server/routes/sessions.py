@@ -3,12 +3,14 @@ prompt URLs, reward, and the history views the dashboard draws."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from synth_middleware._domain import MAX_TIMESTAMP, MIN_TIMESTAMP
 from synth_middleware.engine import validate_session_id
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server import operations as ops
@@ -27,6 +29,7 @@ from synth_middleware.server.models import (
     Timeline,
 )
 
+_log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/online/sessions", tags=["sessions"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
@@ -46,6 +49,9 @@ async def list_sessions(ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 
         try:
             items.append(ctx.engine.get_state(sid))
         except NotFoundError:  # removed meanwhile
+            continue
+        except Exception:  # one broken session must not hide the others
+            _log.exception("session %s: its state could not be built; left out of the list", sid)
             continue
     return json_response({"items": items})
 
@@ -135,7 +141,8 @@ async def timeline(
     rows = ctx.engine.store.recent_rollouts(session_id, limit)
     out: list[dict[str, Any]] = []
     if rows:
-        times = [r.created_at for r in rows]
+        # bounded to the timestamp domain: rows stored before it was enforced (+-1e308)
+        times = [min(max(r.created_at, MIN_TIMESTAMP), MAX_TIMESTAMP) for r in rows]
         lo, hi = min(times), max(times)
         width = max((hi - lo) / buckets, 1e-9)
         counts = [0] * buckets
