@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +101,7 @@ class SessionRuntime:
         self._backoff = 0.0
         self._observed_baseline: str | None = None
         self._registered = False
+        self._register_lock = threading.Lock()
         self._new_prompt: str | None = None
         self._new_prompt_calls = 0
         self._warned: set[str] = set()
@@ -251,19 +252,44 @@ class SessionRuntime:
                 self._refreshing = False
             self._done.set()
 
+    def ensure_registered(self) -> None:
+        """Register the session (and the baseline a call has seen) with the backend now,
+        if the background refresh has not yet. Reward delivery calls this before it
+        sends the session's rollouts, so they never reach the backend before their
+        session exists."""
+        if self._registered or self._observed_baseline is None:
+            return
+        with self._register_lock:
+            if self._registered or self._observed_baseline is None:
+                return
+            self._register()
+        self._fresh.clear()  # the next call refreshes from the registered session
+
+    def _register(self) -> SessionState:
+        baseline = self._observed_baseline
+        state = self.backend.ensure_session(self.session_id, baseline=baseline)
+        self._registered = True
+        if self._new_prompt == baseline:
+            self._new_prompt, self._new_prompt_calls = None, 0
+        return state
+
     def _fetch(self) -> Snapshot | None:
-        backend = self.backend
         state: SessionState
-        if not self._registered and self._observed_baseline is not None:
-            state = backend.ensure_session(self.session_id, baseline=self._observed_baseline)
-            self._registered = True
-            if self._new_prompt == self._observed_baseline:
-                self._new_prompt, self._new_prompt_calls = None, 0
-        else:
+        for _ in range(2):
+            with self._register_lock:
+                if not self._registered and self._observed_baseline is not None:
+                    state = self._register()
+                    break
             try:
-                state = backend.get_state(self.session_id)
+                state = self.backend.get_state(self.session_id)
             except NotFoundError:
-                return None  # the first call will register the session
+                state = None  # type: ignore[assignment]
+            if self._registered or self._observed_baseline is None:
+                break
+            # a call saw the app's prompt while we read: register it now (a session
+            # seeded with candidates before traffic has no baseline text yet)
+        if state is None:
+            return None  # the first call will register the session
         items = self._active_candidates()
         return self._build(state, items)
 
@@ -330,6 +356,19 @@ class SessionRuntime:
 
 _runtimes: dict[tuple[int, str], SessionRuntime] = {}
 _runtimes_lock = threading.Lock()
+
+
+def ensure_registered(backend: Backend, session_ids: Iterable[str]) -> None:
+    """Register with ``backend`` each of these sessions that a call in this process has
+    seen but the background refresh has not registered yet (errors are left to the
+    delivery that follows)."""
+    for sid in session_ids:
+        rt = _runtimes.get((id(backend), sid))
+        if rt is not None and rt.backend is backend:
+            try:
+                rt.ensure_registered()
+            except Exception as exc:  # the delivery reports what follows from it
+                log.debug("synth-middleware: registering session %r failed: %s", sid, exc)
 
 
 def runtime_for(
