@@ -538,7 +538,9 @@ class Engine:
             is_baseline=True,
         )
         if old is not None:
-            batch.emit(state, CANDIDATE_ARCHIVED, {"candidate_id": old, "reason": "baseline_filled"})
+            batch.emit(
+                state, CANDIDATE_ARCHIVED, {"candidate_id": old, "reason": "baseline_filled"}
+            )
             batch.txn.set_candidate_status([old], "archived")
 
     def _change_baseline(self, batch: _Batch, state: SessionStateMachine, text: str | None) -> None:
