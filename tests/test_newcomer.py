@@ -183,3 +183,91 @@ def test_reward_refuses_a_target_that_names_no_rollout(tmp_path: Path, server: A
         assert synth.flush(5.0)
         assert backend.get_state("targets")["reward_count"] == 3
         assert r.rollout_id == "order-1234"
+
+
+# -- item 3: commands from a plain shell, one data lookup ---------------------------------
+
+
+def test_examples_outside_the_venv_say_how_to_run_them() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for name in ("quickstart.py", "banking77_online.py"):
+        out = subprocess.run(  # -S: no site-packages, as a python outside the venv
+            [sys.executable, "-S", str(ROOT / "examples" / name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert ".venv/bin/python" in out.stderr, out.stderr
+
+
+def test_the_cli_finds_shared_data_without_being_told(tmp_path: Path) -> None:
+    """``container serve`` of the Banking77 task from a plain shell: no $BANKING77_DIR,
+    an empty download cache and no network; it must find ../shared/data/banking77."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import BANKING77_DIR, ROOT
+
+    from synth_middleware._shared_data import find_banking77_dir
+
+    if not (BANKING77_DIR / "train.csv").is_file():
+        pytest.skip(f"no Banking77 copy at {BANKING77_DIR}")
+    env = {k: v for k, v in os.environ.items() if k != "BANKING77_DIR"}
+    env.update(
+        SYNTH_CACHE_DIR=str(tmp_path / "cache"),
+        BANKING77_URL="http://127.0.0.1:9/banking77",  # a download would fail at once
+        ENVIRONMENT_API_KEY="k",
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "synth_middleware.cli",
+            "container",
+            "serve",
+            "synth_middleware.demos.banking77.task:create_app",
+            "--factory",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    old = os.environ.pop("BANKING77_DIR", None)
+    try:
+        assert find_banking77_dir() == BANKING77_DIR.resolve()
+    finally:
+        if old is not None:
+            os.environ["BANKING77_DIR"] = old
+    assert ROOT.exists()
