@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 _SubParsers = Any  # argparse's private _SubParsersAction
 _DEFAULT_DB = ".synth/synth.db"
@@ -232,11 +232,18 @@ SUBCOMMANDS: list[Callable[[_SubParsers], None]] = [_add_serve, _add_container, 
 """Functions that add one subcommand each (append yours)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to look, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     from synth_middleware import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="synth-middleware",
         description="Make an LLM app improve its own prompts from live traffic.",
     )

@@ -115,3 +115,21 @@ def test_license_is_an_spdx_string() -> None:
     assert meta["project"]["license"] == "Apache-2.0"
     requires = " ".join(meta["build-system"]["requires"])
     assert "setuptools>=77" in requires
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("serve", "--port", "abc"), "invalid int value"),
+        (("no-such-command",), "invalid choice"),
+        (("container", "serve"), "required: TARGET"),
+    ],
+)
+def test_usage_mistakes_are_one_line(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    err = _one_line_error(_cli(*args, cwd=tmp_path), needle, "--help")
+    assert err.startswith("synth-middleware")
+
+
+def test_quickstart_says_how_to_run_it() -> None:
+    text = (ROOT / "examples" / "quickstart.py").read_text()
+    assert "make demo" not in text and "make quickstart" in text

@@ -126,7 +126,11 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[BackgroundServer, _ChangeOnThird
         yield srv, holder["mw"]
 
 
-def _rewards(cid: str, values: list[float], tag: str) -> list[dict[str, Any]]:
+def _rewards(
+    cid: str, values: list[float], tag: str, ago: float = 0.0, every: float = 0.0
+) -> list[dict[str, Any]]:
+    """Reward records, the first ``ago`` seconds ago and then one per ``every`` seconds."""
+    start = time.time() - ago
     return [
         {
             "idempotency_key": f"{tag}-{cid}-{i}",
@@ -134,6 +138,7 @@ def _rewards(cid: str, values: list[float], tag: str) -> list[dict[str, Any]]:
             "value": v,
             "session_id": SID,
             "candidate_id": cid,
+            "created_at": start + i * every,
         }
         for i, v in enumerate(values)
     ]
@@ -195,12 +200,12 @@ def test_dashboard_numbers_match_the_api_in_chromium(dashboard: Any, tmp_path: P
     b = http.post(
         f"/api/v1/online/sessions/{SID}/candidates", json={"candidate_content": "CANDIDATE B"}
     ).json()["candidate_id"]
-    rewards = _rewards(base, [0.2, 0.4, 0.1, 0.3], "r") + _rewards(a, [0.9, 0.7], "r")
-    rewards += _rewards(b, [0.55], "r")
+    rewards = _rewards(base, [0.2, 0.4, 0.1, 0.3], "r", ago=300, every=70)
+    rewards += _rewards(a, [0.9, 0.7], "r", ago=240, every=120) + _rewards(b, [0.55], "r", ago=90)
     coin = http.post(
         f"/api/v1/online/sessions/{SID}/candidates", json={"candidate_content": "CANDIDATE C"}
     ).json()["candidate_id"]
-    rewards += _rewards(coin, [0.0, 1.0], "r")  # n=2, 0/1: a normal interval leaves [0, 1]
+    rewards += _rewards(coin, [0.0, 1.0], "r", ago=200, every=150)  # n=2 of 0/1 rewards
     # a finished run: its last rollout 10 minutes ago, status still "running"
     old = "dash-finished"
     http.post("/api/v1/online/sessions", json={"session_id": old, "baseline": "OLD"})
@@ -281,7 +286,7 @@ def test_dashboard_numbers_match_the_api_in_chromium(dashboard: Any, tmp_path: P
             *CHROMIUM_FLAGS,
             f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}",
             "--virtual-time-budget=4000",
-            "--window-size=1280,1000",
+            "--window-size=1280,1500",
             f"--screenshot={shot}",
             url,
         ],
@@ -291,5 +296,5 @@ def test_dashboard_numbers_match_the_api_in_chromium(dashboard: Any, tmp_path: P
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (1280, 1000)
+    assert (width, height) == (1280, 1500)
     http.close()
