@@ -271,3 +271,12 @@ def test_the_cli_finds_shared_data_without_being_told(tmp_path: Path) -> None:
         if old is not None:
             os.environ["BANKING77_DIR"] = old
     assert ROOT.exists()
+
+
+def test_a_long_invalid_session_id_is_not_logged_in_full(tmp_path: Path) -> None:
+    from synth_middleware.errors import InvalidRequestError
+
+    with LocalBackend(tmp_path / "synth.db") as backend:
+        with pytest.raises(InvalidRequestError) as info:
+            backend.ensure_session("s" * 5000, baseline="b")
+    assert len(str(info.value)) < 200 and "5000 characters" in str(info.value)

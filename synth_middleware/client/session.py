@@ -102,6 +102,7 @@ class SessionRuntime:
         self._observed_baseline: str | None = None
         self._registered = False
         self._register_lock = threading.Lock()
+        self._register_retry_at = 0.0
         self._new_prompt: str | None = None
         self._new_prompt_calls = 0
         self._warned: set[str] = set()
@@ -259,10 +260,16 @@ class SessionRuntime:
         session exists."""
         if self._registered or self._observed_baseline is None:
             return
+        if time.monotonic() < self._register_retry_at:
+            return  # failed a moment ago: the refresh retries with its own backoff
         with self._register_lock:
             if self._registered or self._observed_baseline is None:
                 return
-            self._register()
+            try:
+                self._register()
+            except Exception:
+                self._register_retry_at = time.monotonic() + 5.0
+                raise
         self._fresh.clear()  # the next call refreshes from the registered session
 
     def _register(self) -> SessionState:

@@ -107,8 +107,11 @@ def validate_session_id(session_id: object) -> str:
     """Return ``session_id`` if it is 1-200 chars of ``[A-Za-z0-9._:-]``, else raise
     :class:`InvalidRequestError`."""
     if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id):
+        shown = repr(session_id)
+        if len(shown) > 80:  # never log a 5,000-character name in full
+            shown = shown[:60] + f"... ({len(shown) - 2} characters)"
         raise InvalidRequestError(
-            f"invalid session_id {session_id!r}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
+            f"invalid session_id {shown}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
         )
     return session_id
 
