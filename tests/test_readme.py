@@ -11,6 +11,8 @@ the line before it::
 
     <!-- readme-test: skip <reason> -->
     <!-- readme-test: background <what> -->   (shell: the first line is a server)
+    <!-- readme-test: server <what> -->       (python: needs ``serve`` at :8000; one is
+                                               started on a free port, the URL rewritten)
 
 and the blocks of :data:`SECTIONS_NOT_RUN` (sections maintained elsewhere).
 """
@@ -34,7 +36,7 @@ from conftest import ROOT
 
 README = ROOT / "README.md"
 VENV_BIN = Path(sys.executable).parent
-_MARK = re.compile(r"<!--\s*readme-test:\s*(skip|background)\b\s*(.*?)\s*-->")
+_MARK = re.compile(r"<!--\s*readme-test:\s*(skip|background|server)\b\s*(.*?)\s*-->")
 SECTIONS_NOT_RUN = {
     "Banking77 demo": "maintained with the demo; tests/test_demo.py runs the demo and its example",
 }
@@ -139,14 +141,25 @@ def test_readme_block_runs_as_written(block: Block, server: Any, tmp_path: Path)
         pytest.skip(block.reason)
     env = _env(server.url)
     if block.lang == "python":
-        out = subprocess.run(
-            [sys.executable, "-c", block.code],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        code = block.code
+        if block.mark == "server":
+            from synth_middleware.server.background import BackgroundServer
+
+            srv = BackgroundServer(db_path=tmp_path / "served.db")
+            srv.start()
+            code = code.replace("http://127.0.0.1:8000", srv.url)
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", code],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            if block.mark == "server":
+                srv.stop()
         _check(out, block)
         if "completions.create" in block.code:  # the wrapped call reached the model
             assert server.system_prompts(), "no call reached the model server"
