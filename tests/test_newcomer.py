@@ -39,7 +39,10 @@ def _skips(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if "unknown session" in r.getMessage() or "skipped" in r.getMessage()
+        if any(
+            bad in r.getMessage()
+            for bad in ("unknown session", "skipped", "skipping candidate", "no prompt text")
+        )
     ]
 
 
@@ -104,6 +107,26 @@ def test_first_call_reward_and_flush_never_meet_an_unknown_session(
         assert state["rollout_count"] == 1 and state["reward_count"] == 1
         # and right after the first call, seeding works without a flush()
         assert backend.add_candidate("race-1", CANDIDATE).startswith("cand_")
+    finally:
+        synth.flush(2.0)
+        backend.close()
+
+
+def test_calls_without_a_system_prompt_still_create_their_session(
+    tmp_path: Path, server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    backend = LocalBackend(tmp_path / "synth.db")
+    try:
+        client = _wrap(server, backend, session="no-system")
+        for _ in range(3):
+            resp = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+            synth.reward(resp, 1.0)
+        assert synth.flush(5.0)
+        assert backend.get_state("no-system")["reward_count"] == 3
+        assert _skips(caplog) == []
     finally:
         synth.flush(2.0)
         backend.close()

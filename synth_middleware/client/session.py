@@ -103,6 +103,7 @@ class SessionRuntime:
         self._registered = False
         self._register_lock = threading.Lock()
         self._register_retry_at = 0.0
+        self._created = False  # ensured without a baseline (no call has shown a prompt)
         self._new_prompt: str | None = None
         self._new_prompt_calls = 0
         self._warned: set[str] = set()
@@ -258,15 +259,23 @@ class SessionRuntime:
         if the background refresh has not yet. Reward delivery calls this before it
         sends the session's rollouts, so they never reach the backend before their
         session exists."""
-        if self._registered or self._observed_baseline is None:
+        if self._registered or (self._created and self._observed_baseline is None):
             return
         if time.monotonic() < self._register_retry_at:
             return  # failed a moment ago: the refresh retries with its own backoff
         with self._register_lock:
-            if self._registered or self._observed_baseline is None:
+            if self._registered:
                 return
             try:
-                self._register()
+                if self._observed_baseline is not None:
+                    self._register()
+                elif not self._created:
+                    # calls without a system prompt: the session must exist for their
+                    # rollouts; a later call's prompt fills its baseline
+                    self.backend.ensure_session(self.session_id)
+                    self._created = True
+                else:
+                    return
             except Exception:
                 self._register_retry_at = time.monotonic() + 5.0
                 raise
@@ -330,6 +339,8 @@ class SessionRuntime:
         for item in items:
             if not isinstance(item, Mapping) or item.get("status", "active") != "active":
                 continue
+            if _is_placeholder_baseline(item, baseline_id):
+                continue  # created before the app's prompt was known: serve the app's own
             try:
                 c = parse_candidate(item)
             except CandidateError as exc:
@@ -359,6 +370,17 @@ class SessionRuntime:
         if what not in self._warned:
             self._warned.add(what)
             log.warning("synth-middleware: " + msg, *args)
+
+
+def _is_placeholder_baseline(item: Mapping[str, Any], baseline_id: object) -> bool:
+    """A baseline the backend holds without text or payload: the session was created
+    (candidates seeded) before any call showed the app's prompt."""
+    if not (item.get("is_baseline") or item.get("candidate_id") == baseline_id):
+        return False
+    return all(
+        item.get(k) is None
+        for k in ("candidate_content", "candidate_code", "prompt_text", "artifact_payload")
+    )
 
 
 _runtimes: dict[tuple[int, str], SessionRuntime] = {}
