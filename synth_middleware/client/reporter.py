@@ -538,15 +538,15 @@ class RewardReporter:
         rewards = [(item, rid) for kind, item, rid in batch if kind == "reward"]
         settled = len(rollouts)
         deferred = 0
-        # a session a call in this process has seen may not be registered yet (its first
-        # refresh is still under way): register it first, so no "unknown session"
-        from synth_middleware.client.session import ensure_registered
-
-        ensure_registered(
-            self.backend,
-            {i[1].get("session_id") for i in batch if isinstance(i[1], Mapping)} - {None},
-        )
         if rollouts:
+            # the session of a call made here may not be registered yet (its first
+            # refresh is still under way): register it first, so no "unknown session"
+            from synth_middleware.client.session import ensure_registered
+
+            ensure_registered(
+                self.backend,
+                {r.get("session_id") for r in rollouts if isinstance(r, Mapping)} - {None},
+            )
             ok, _ = self._call_with_retries(lambda: self.backend.record_rollouts(rollouts))
             if ok:
                 self._stats.rollouts_sent += len(rollouts)

@@ -9,6 +9,7 @@ served while one background refresh per session fetches a new one.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -385,6 +386,17 @@ def _is_placeholder_baseline(item: Mapping[str, Any], baseline_id: object) -> bo
 
 _runtimes: dict[tuple[int, str], SessionRuntime] = {}
 _runtimes_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # a registration under way in the parent (a backend call holding the lock) has no
+    # thread in the child: the child's own delivery must not wait for it
+    for rt in list(_runtimes.values()):
+        rt._register_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def ensure_registered(backend: Backend, session_ids: Iterable[str]) -> None:
