@@ -10,7 +10,9 @@ Offline by default: the model is the package's stand-in (TF-IDF nearest
 neighbours over the label names and the prompt's labelled examples; **not an
 LLM**). With ``--model gpt-4.1-nano`` and ``OPENAI_API_KEY`` (optionally
 ``OPENAI_BASE_URL``) the policy and the proposer are that real model.
-Banking77 comes from ``--data-dir``, ``$BANKING77_DIR`` or a verified download.
+Banking77 comes from ``--data-dir``, ``$BANKING77_DIR``, ``../shared/data/banking77``
+(beside the checkout or under the working directory), or a verified download.
+Run it in the project's venv: ``.venv/bin/python examples/banking77_online.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ import random
 import tempfile
 from pathlib import Path
 
-import httpx
-from tqdm import tqdm
+try:
+    import httpx
+    from tqdm import tqdm
+
+    from synth_middleware._shared_data import find_banking77_dir
+except ImportError as exc:  # run outside the project's venv
+    import sys
+
+    sys.exit(
+        f"{exc}: run it in the project's venv: .venv/bin/python {sys.argv[0]} "
+        "(make .venv/.installed creates the venv)"
+    )
 
 from synth_middleware.client.candidates import parse_candidate
 from synth_middleware.container import (
@@ -56,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
 
     # 1. The data, verified against its published SHA-256.
-    ds = data.load(args.data_dir)
+    ds = data.load(args.data_dir or find_banking77_dir())
     task = Banking77Task(ds.labels)
     test = ds.shuffled("test", args.seed)[: args.test_size]
 

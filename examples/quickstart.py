@@ -2,20 +2,28 @@
 
 Runs offline: it starts a local OpenAI-compatible stand-in model server (it
 echoes, it is not an LLM) and uses the embedded backend on a temporary SQLite
-file. Run it with ``make demo``.
+file. Run it with ``make quickstart``, or ``.venv/bin/python examples/quickstart.py``
+(``python examples/quickstart.py`` once the venv is activated).
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import openai
+try:
+    import openai
 
-import synth_middleware as synth
-from synth_middleware.backends.local import LocalBackend
-from synth_middleware.testing import FakeOpenAIServer
+    import synth_middleware as synth
+    from synth_middleware.backends.local import LocalBackend
+    from synth_middleware.testing import FakeOpenAIServer
+except ImportError as exc:  # run outside the project's venv
+    sys.exit(
+        f"{exc}: run it in the project's venv: make quickstart, or .venv/bin/python {sys.argv[0]} "
+        "(make .venv/.installed creates the venv)"
+    )
 
 SYSTEM = "You are a support assistant. Classify the customer's request."
 

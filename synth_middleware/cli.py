@@ -17,9 +17,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 _SubParsers = Any  # argparse's private _SubParsersAction
+_DEFAULT_DB = ".synth/synth.db"
 
 
 def _positive_int(text: str) -> int:
@@ -29,7 +31,53 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class CliError(Exception):
+    """A user error: printed as one line (``synth-middleware <command>: ...``), exit code 2."""
+
+
+_DB_SCHEMES = ("postgresql://", "postgres://")
+
+
+def check_db_target(target: str, *, default: bool = False) -> str:
+    """Check ``serve --db``: a SQLite file path or a ``postgresql://`` URL. Raises
+    :class:`CliError` saying what is wrong and what to do.
+
+    The folder of a SQLite file must exist, unless ``default`` (``.synth/`` is created).
+    """
+    text = str(target).strip()
+    if not text:
+        raise CliError("--db is empty: give a SQLite file (e.g. .synth/synth.db)")
+    lowered = text.lower()
+    if lowered.startswith(_DB_SCHEMES):
+        return text
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise CliError(
+            f"--db {scheme}://...: only SQLite files and postgresql:// URLs are supported "
+            "(e.g. --db .synth/synth.db or --db postgresql://user@host/db)"
+        )
+    if text == ":memory:":
+        return text
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise CliError(
+            f"--db {text} is a directory: give a file inside it, e.g. --db {path / 'synth.db'}"
+        )
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise CliError(f"--db {text}: {parent} is not a directory; choose another --db")
+    if not parent.exists() and not default:
+        raise CliError(
+            f"--db {text}: the folder {parent} does not exist; create it (mkdir -p {parent}) "
+            "or choose another --db"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise CliError(f"--db {text}: no permission to read and write it; choose another --db")
+    return text
+
+
 def _serve(args: argparse.Namespace) -> int:
+    db = check_db_target(args.db, default=args.db == _DEFAULT_DB)
     try:
         from synth_middleware.server.config import ServerConfig
         from synth_middleware.server.run import InsecureBindError, check_bind, serve
@@ -66,10 +114,30 @@ def _serve(args: argparse.Namespace) -> int:
         from synth_middleware.engine.replicas import ReplicaOptions
 
         replica_options = ReplicaOptions(lease_seconds=args.lease_seconds)
+    from synth_middleware.engine import StorageError
+
+    try:
+        _run_serve(serve, args, db, config, replica_options)
+    except StorageError as exc:
+        raise CliError(f"cannot open --db {args.db}: {exc}") from None
+    except ImportError as exc:  # postgresql:// without the postgres extra
+        raise CliError(
+            f"{exc}; install the postgres extra: pip install 'synth-middleware[postgres]'"
+        ) from None
+    return 0
+
+
+def _run_serve(
+    serve: Callable[..., None],
+    args: argparse.Namespace,
+    db: str,
+    config: Any,
+    replica_options: Any,
+) -> None:
     serve(
         host=args.host,
         port=args.port,
-        db_path=args.db,
+        db_path=db,
         config=config,
         insecure=args.insecure,
         log_level=args.log_level,
@@ -78,7 +146,6 @@ def _serve(args: argparse.Namespace) -> int:
         max_staleness=args.read_staleness_ms / 1000,
         replica_options=replica_options,
     )
-    return 0
 
 
 def _add_serve(sub: _SubParsers) -> None:
@@ -92,7 +159,7 @@ def _add_serve(sub: _SubParsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     p.add_argument(
         "--db",
-        default=os.environ.get("SYNTH_DB") or ".synth/synth.db",
+        default=os.environ.get("SYNTH_DB") or _DEFAULT_DB,
         help="SQLite file of the event log (default $SYNTH_DB or .synth/synth.db), or a "
         "postgresql://user:password@host/db URL: several replicas may then serve the same "
         "sessions (needs the postgres extra; prefer $SYNTH_DB for a URL with a password)",
@@ -192,12 +259,22 @@ SUBCOMMANDS: list[Callable[[_SubParsers], None]] = [_add_serve, _add_container, 
 """Functions that add one subcommand each (append yours)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to look, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    from synth_middleware import __version__
+
+    parser = _Parser(
         prog="synth-middleware",
         description="Make an LLM app improve its own prompts from live traffic.",
     )
+    parser.add_argument("--version", action="version", version=f"synth-middleware {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
@@ -206,13 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``synth-middleware`` console script."""
+    from synth_middleware._shared_data import default_banking77_env
+
+    default_banking77_env()  # ../shared/data/banking77 when there, as `make demo` does
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
-    return int(handler(args) or 0)
+    try:
+        return int(handler(args) or 0)
+    except CliError as exc:
+        command = " ".join(
+            str(p) for p in (args.command, getattr(args, "container_command", None)) if p
+        )
+        print(f"synth-middleware {command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

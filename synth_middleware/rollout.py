@@ -8,7 +8,9 @@ response (``response.synth`` / :func:`rollout_of`).
 
 from __future__ import annotations
 
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -32,6 +34,24 @@ _current: ContextVar[Rollout | None] = ContextVar("synth_current_rollout", defau
 def new_rollout_id() -> str:
     """A fresh rollout id."""
     return "ro_" + random_hex(96)
+
+
+_OWN_ID_RE = re.compile(r"ro_[0-9a-f]{24}")
+_app_ids: OrderedDict[str, None] = OrderedDict()  # ids the app chose, most recent last
+_MAX_APP_IDS = 65536
+
+
+def _remember_app_id(rollout_id: str) -> None:
+    _app_ids[rollout_id] = None
+    if len(_app_ids) > _MAX_APP_IDS:
+        _app_ids.popitem(last=False)
+
+
+def may_name_rollout(rollout_id: str) -> bool:
+    """Whether a bare string can name a rollout: one of our ids (``ro_`` and 24 hex
+    digits, from any process) or an id the app chose with :func:`rollout` in this
+    process (the last 65,536)."""
+    return bool(_OWN_ID_RE.fullmatch(rollout_id)) or rollout_id in _app_ids
 
 
 @dataclass(slots=True, eq=False)
@@ -103,6 +123,8 @@ class rollout:
     ) -> None:
         if key is not None and not isinstance(key, str):
             key = str(key)
+        if rollout_id:
+            _remember_app_id(rollout_id)
         self.rollout = Rollout(
             session_id=None,
             rollout_id=rollout_id or new_rollout_id(),

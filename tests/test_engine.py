@@ -403,8 +403,9 @@ def test_candidates_payloads_and_lookups(engine: Engine) -> None:
         engine.add_candidate(SID, "x", payload={"bad": math.nan})
     with pytest.raises(NotFoundError):
         engine.get_candidate("cand_missing")
-    with pytest.raises(NotFoundError):
-        engine.add_candidate("missing", "x")
+    # seeding before traffic: the first mention creates the session (issue #24)
+    seeded = engine.add_candidate("missing", "x")
+    assert engine.candidate_session(seeded) == "missing"
 
 
 @pytest.mark.parametrize("bad", ["", "a" * 201, "has space", "slash/id", "ü", None, 12])

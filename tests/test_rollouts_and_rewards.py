@@ -105,7 +105,7 @@ def test_unknown_rollout_id_is_a_counted_rejection(server, backend):
     seed(backend, "unk", CANDIDATE)
     _client(server, backend, "unk")
     before = synth.stats()["rejected"]
-    synth.reward("ro_doesnotexist", 1.0)
+    synth.reward("ro_" + "0" * 24, 1.0)  # well-formed: only the backend knows
     assert not synth.flush(5.0)
     assert synth.stats()["rejected"] == before + 1
 

@@ -539,6 +539,14 @@ class RewardReporter:
         settled = len(rollouts)
         deferred = 0
         if rollouts:
+            # the session of a call made here may not be registered yet (its first
+            # refresh is still under way): register it first, so no "unknown session"
+            from synth_middleware.client.session import ensure_registered
+
+            ensure_registered(
+                self.backend,
+                {r.get("session_id") for r in rollouts if isinstance(r, Mapping)} - {None},
+            )
             ok, _ = self._call_with_retries(lambda: self.backend.record_rollouts(rollouts))
             if ok:
                 self._stats.rollouts_sent += len(rollouts)

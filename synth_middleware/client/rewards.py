@@ -16,7 +16,7 @@ from synth_middleware.client._evaluation import record_reward_event
 from synth_middleware.client.reporter import ReporterStats, all_reporters, flush_all
 from synth_middleware.client.session import all_runtimes
 from synth_middleware.errors import SynthError
-from synth_middleware.rollout import Rollout
+from synth_middleware.rollout import Rollout, may_name_rollout
 from synth_middleware.settings import settings
 
 MAX_FEEDBACK_CHARS = 64 * 1024
@@ -99,6 +99,14 @@ def _resolve(target: Any) -> Rollout:
             return Rollout(data.session_id, data.rollout_id, data.candidate_id)
         if not target:
             raise ValueError("rollout id must not be empty")
+        if not may_name_rollout(target):
+            shown = target if len(target) <= 60 else target[:60] + "..."
+            raise ValueError(
+                f"reward target {shown!r} names no rollout: it is neither a rollout token "
+                "nor a rollout id (ours look like 'ro_' and 24 hex digits; an id given to "
+                "synth.rollout(rollout_id=...) counts in the process that opened it). Pass "
+                "the response, its Rollout, or resp.synth.token"
+            )
         return Rollout(None, target)
     r = getattr(target, "synth", None)
     if isinstance(r, Rollout):

@@ -9,9 +9,10 @@ served while one background refresh per session fetches a new one.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +102,9 @@ class SessionRuntime:
         self._backoff = 0.0
         self._observed_baseline: str | None = None
         self._registered = False
+        self._register_lock = threading.Lock()
+        self._register_retry_at = 0.0
+        self._created = False  # ensured without a baseline (no call has shown a prompt)
         self._new_prompt: str | None = None
         self._new_prompt_calls = 0
         self._warned: set[str] = set()
@@ -251,19 +255,58 @@ class SessionRuntime:
                 self._refreshing = False
             self._done.set()
 
-    def _fetch(self) -> Snapshot | None:
-        backend = self.backend
-        state: SessionState
-        if not self._registered and self._observed_baseline is not None:
-            state = backend.ensure_session(self.session_id, baseline=self._observed_baseline)
-            self._registered = True
-            if self._new_prompt == self._observed_baseline:
-                self._new_prompt, self._new_prompt_calls = None, 0
-        else:
+    def ensure_registered(self) -> None:
+        """Register the session (and the baseline a call has seen) with the backend now,
+        if the background refresh has not yet. Reward delivery calls this before it
+        sends the session's rollouts, so they never reach the backend before their
+        session exists."""
+        if self._registered or (self._created and self._observed_baseline is None):
+            return
+        if time.monotonic() < self._register_retry_at:
+            return  # failed a moment ago: the refresh retries with its own backoff
+        with self._register_lock:
+            if self._registered:
+                return
             try:
-                state = backend.get_state(self.session_id)
+                if self._observed_baseline is not None:
+                    self._register()
+                elif not self._created:
+                    # calls without a system prompt: the session must exist for their
+                    # rollouts; a later call's prompt fills its baseline
+                    self.backend.ensure_session(self.session_id)
+                    self._created = True
+                else:
+                    return
+            except Exception:
+                self._register_retry_at = time.monotonic() + 5.0
+                raise
+        self._fresh.clear()  # the next call refreshes from the registered session
+
+    def _register(self) -> SessionState:
+        baseline = self._observed_baseline
+        state = self.backend.ensure_session(self.session_id, baseline=baseline)
+        self._registered = True
+        if self._new_prompt == baseline:
+            self._new_prompt, self._new_prompt_calls = None, 0
+        return state
+
+    def _fetch(self) -> Snapshot | None:
+        state: SessionState
+        for _ in range(2):
+            with self._register_lock:
+                if not self._registered and self._observed_baseline is not None:
+                    state = self._register()
+                    break
+            try:
+                state = self.backend.get_state(self.session_id)
             except NotFoundError:
-                return None  # the first call will register the session
+                state = None  # type: ignore[assignment]
+            if self._registered or self._observed_baseline is None:
+                break
+            # a call saw the app's prompt while we read: register it now (a session
+            # seeded with candidates before traffic has no baseline text yet)
+        if state is None:
+            return None  # the first call will register the session
         items = self._active_candidates()
         return self._build(state, items)
 
@@ -297,6 +340,8 @@ class SessionRuntime:
         for item in items:
             if not isinstance(item, Mapping) or item.get("status", "active") != "active":
                 continue
+            if _is_placeholder_baseline(item, baseline_id):
+                continue  # created before the app's prompt was known: serve the app's own
             try:
                 c = parse_candidate(item)
             except CandidateError as exc:
@@ -328,8 +373,43 @@ class SessionRuntime:
             log.warning("synth-middleware: " + msg, *args)
 
 
+def _is_placeholder_baseline(item: Mapping[str, Any], baseline_id: object) -> bool:
+    """A baseline the backend holds without text or payload: the session was created
+    (candidates seeded) before any call showed the app's prompt."""
+    if not (item.get("is_baseline") or item.get("candidate_id") == baseline_id):
+        return False
+    return all(
+        item.get(k) is None
+        for k in ("candidate_content", "candidate_code", "prompt_text", "artifact_payload")
+    )
+
+
 _runtimes: dict[tuple[int, str], SessionRuntime] = {}
 _runtimes_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # a registration under way in the parent (a backend call holding the lock) has no
+    # thread in the child: the child's own delivery must not wait for it
+    for rt in list(_runtimes.values()):
+        rt._register_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def ensure_registered(backend: Backend, session_ids: Iterable[str]) -> None:
+    """Register with ``backend`` each of these sessions that a call in this process has
+    seen but the background refresh has not registered yet (errors are left to the
+    delivery that follows)."""
+    for sid in session_ids:
+        rt = _runtimes.get((id(backend), sid))
+        if rt is not None and rt.backend is backend:
+            try:
+                rt.ensure_registered()
+            except Exception as exc:  # the delivery reports what follows from it
+                log.debug("synth-middleware: registering session %r failed: %s", sid, exc)
 
 
 def runtime_for(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import wrapt
@@ -90,8 +91,7 @@ def wrap(
     Reporter options apply to the backend's one reporter, shared by every
     ``wrap()`` on that backend; the first outbox given wins.
     """
-    if not isinstance(session, str) or not session:
-        raise ValueError("session must be a non-empty string")
+    validate_session_name(session)
     if not callable(selection) and selection not in _SELECTION_MODES:
         raise ValueError(f"selection must be 'explore', 'best' or a callable, got {selection!r}")
     if not ttl > 0:
@@ -146,6 +146,36 @@ def wrap(
             warm_timeout,
         )
     return _ClientProxy(client, cfg)  # type: ignore[return-value]
+
+
+_SESSION_NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
+def validate_session_name(session: object) -> str:
+    """Return ``session`` if it is a valid session name (1-200 characters of
+    ``A-Z a-z 0-9 . _ : -``, what every backend accepts), else raise ``ValueError``.
+
+    ``wrap()`` checks this at once: an invalid name would otherwise serve calls
+    and lose every rollout later, when the backend refuses the session.
+    """
+    if isinstance(session, str) and _SESSION_NAME_RE.fullmatch(session):
+        return session
+    if not isinstance(session, str):
+        raise ValueError(f"session must be a string, got {type(session).__name__}")
+    if not session:
+        raise ValueError(
+            "session must be a non-empty string of A-Z a-z 0-9 . _ : - (e.g. 'support-classifier')"
+        )
+    shown = repr(session if len(session) <= 60 else session[:60] + "...")
+    if len(session) > 200:
+        problem = f"is {len(session)} characters long (at most 200)"
+    else:
+        bad = sorted({ch for ch in session if not _SESSION_NAME_RE.fullmatch(ch)})
+        problem = "contains " + ", ".join(repr(ch) for ch in bad[:5])
+    raise ValueError(
+        f"invalid session name {shown}: it {problem}; use 1-200 characters of "
+        "A-Z a-z 0-9 . _ : - (e.g. 'support-classifier')"
+    )
 
 
 def _check_client(client: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 from typing import Any
@@ -43,7 +44,39 @@ def load_app(target: str, *, factory: bool = False) -> Any:
         raise TypeError(
             f"{target} is not an ASGI app, a TaskDefinition or (with --factory) a factory"
         )
+    _check_asgi(obj, target)
     return obj
+
+
+def _load_error(target: str, exc: BaseException) -> str:
+    """One line for a target that could not be loaded: what is wrong, what to do."""
+    module_name = target.partition(":")[0]
+    if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+        return (
+            f"cannot import {module_name!r} ({exc}); run from the folder that holds it or "
+            "put it on PYTHONPATH"
+        )
+    if isinstance(exc, AttributeError) and ":" in target:
+        return f"{target}: {exc}; check the name after the colon"
+    if isinstance(exc, ValueError | TypeError) and str(exc).startswith(("expected", target)):
+        return str(exc)
+    return f"cannot load {target}: {type(exc).__name__}: {exc}"
+
+
+def _check_asgi(obj: Any, target: str) -> None:
+    """Refuse a callable that cannot be an ASGI app (it must accept scope, receive, send)."""
+    call = obj if inspect.isfunction(obj) or inspect.ismethod(obj) else obj.__call__
+    try:
+        sig = inspect.signature(call)
+    except (TypeError, ValueError):  # a builtin or C callable: let the server try it
+        return
+    try:
+        sig.bind(object(), object(), object())
+    except TypeError:
+        raise TypeError(
+            f"{target} is not an ASGI app (it does not take scope, receive, send): name an "
+            "app, a TaskDefinition, or a factory with --factory"
+        ) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -63,8 +96,9 @@ def _serve(args: argparse.Namespace) -> int:
     elif not os.environ.get(ENV_API_KEY):
         if not sys.stderr.isatty():
             print(
-                "synth-middleware container serve: set ENVIRONMENT_API_KEY (or --api-key): a "
-                "generated key would be known to this process only",
+                "synth-middleware container serve: set ENVIRONMENT_API_KEY (or pass --api-key): "
+                "a key generated here would be shown only on an interactive terminal, and "
+                "callers need it",
                 file=sys.stderr,
             )
             return 2
@@ -74,8 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
         generated = True
     try:
         app = load_app(args.target, factory=args.factory)
-    except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        print(f"synth-middleware container serve: {exc}", file=sys.stderr)
+    except Exception as exc:  # the user's module or factory: one line, not a traceback
+        print(f"synth-middleware container serve: {_load_error(args.target, exc)}", file=sys.stderr)
         return 2
     print(
         f"synth-middleware: container {args.target} on http://{args.host}:{args.port}", flush=True
@@ -101,16 +135,19 @@ def add_parser(sub: Any) -> None:
     p = commands.add_parser(
         "serve",
         help="serve module:app (an ASGI app, a TaskDefinition, or a factory with --factory)",
-        description=(__doc__ or "").split("\n\n")[0],
+        description="Serve a container (task app) standalone. TARGET is module:attribute "
+        "naming an ASGI app, a TaskDefinition, or (with --factory) a callable returning "
+        "either, e.g. mytasks.qa:app.",
     )
-    p.add_argument("target", help="module:attribute")
+    p.add_argument("target", metavar="TARGET", help="module:attribute")
     p.add_argument("--factory", action="store_true", help="call the attribute to get the app")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8102, help="port (default 8102)")
     p.add_argument(
         "--api-key",
         default=None,
-        help="the key callers must send (default $ENVIRONMENT_API_KEY, generated if unset)",
+        help="the key callers must send (default $ENVIRONMENT_API_KEY; when unset, one is "
+        "generated and shown on an interactive terminal, and required otherwise)",
     )
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

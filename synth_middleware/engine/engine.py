@@ -112,8 +112,11 @@ def validate_session_id(session_id: object) -> str:
     """Return ``session_id`` if it is 1-200 chars of ``[A-Za-z0-9._:-]``, else raise
     :class:`InvalidRequestError`."""
     if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id):
+        shown = repr(session_id)
+        if len(shown) > 80:  # never log a 5,000-character name in full
+            shown = shown[:60] + f"... ({len(shown) - 2} characters)"
         raise InvalidRequestError(
-            f"invalid session_id {session_id!r}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
+            f"invalid session_id {shown}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
         )
     return session_id
 
@@ -130,6 +133,14 @@ def _is_id(value: object) -> bool:
     except UnicodeEncodeError:  # lone surrogates
         return False
     return True
+
+
+def _is_placeholder(cand: CandidateState | None) -> bool:
+    """A baseline created before the app's prompt was known (no text, no payload, no
+    rewards): the first known prompt fills it instead of starting a new generation."""
+    return (
+        cand is not None and cand.content is None and cand.payload is None and not cand.reward_count
+    )
 
 
 def _utf8_len(text: str) -> int:
@@ -478,24 +489,58 @@ class Engine:
             def op(batch: _Batch) -> SessionState:
                 st = self._session(batch, session_id)
                 if st is None:
-                    st = SessionStateMachine(session_id)
-                    batch.states[session_id] = st
-                    batch.emit(st, SESSION_CREATED, {"kind": kind, "config": cfg})
-                    batch.txn.add_session(session_id, kind, "running", batch.now, cfg)
-                    self._add_candidate(
-                        batch,
-                        st,
-                        content=baseline,
-                        payload=None,
-                        parent_id=None,
-                        metadata=None,
-                        is_baseline=True,
-                    )
+                    st = self._create_session(batch, session_id, kind, cfg, baseline)
                 elif differs(st):
-                    self._change_baseline(batch, st, baseline)
+                    if _is_placeholder(st.baseline):
+                        self._fill_baseline(batch, st, baseline)
+                    else:
+                        self._change_baseline(batch, st, baseline)
                 return st.to_wire()
 
             return self._write(op)
+
+    def _create_session(
+        self,
+        batch: _Batch,
+        session_id: str,
+        kind: str,
+        cfg: dict[str, Any],
+        baseline: str | None,
+    ) -> SessionStateMachine:
+        st = SessionStateMachine(session_id)
+        batch.states[session_id] = st
+        batch.emit(st, SESSION_CREATED, {"kind": kind, "config": cfg})
+        batch.txn.add_session(session_id, kind, "running", batch.now, cfg)
+        self._add_candidate(
+            batch,
+            st,
+            content=baseline,
+            payload=None,
+            parent_id=None,
+            metadata=None,
+            is_baseline=True,
+        )
+        return st
+
+    def _fill_baseline(self, batch: _Batch, state: SessionStateMachine, text: str | None) -> None:
+        """The session was created before its prompt was known (candidates seeded
+        first): the first known prompt becomes the baseline of the same generation,
+        so the seeded candidates stay live; the empty placeholder is archived."""
+        old = state.baseline_candidate_id
+        self._add_candidate(
+            batch,
+            state,
+            content=text,
+            payload=None,
+            parent_id=None,
+            metadata=None,
+            is_baseline=True,
+        )
+        if old is not None:
+            batch.emit(
+                state, CANDIDATE_ARCHIVED, {"candidate_id": old, "reason": "baseline_filled"}
+            )
+            batch.txn.set_candidate_status([old], "archived")
 
     def _change_baseline(self, batch: _Batch, state: SessionStateMachine, text: str | None) -> None:
         old_generation = state.generation
@@ -673,8 +718,8 @@ class Engine:
 
         def op(batch: _Batch) -> str:
             state = self._session(batch, session_id)
-            if state is None:
-                raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
+            if state is None:  # seeding before traffic: the first call fills the baseline
+                state = self._create_session(batch, session_id, "mipro_online", {}, None)
             if parent_id is not None and parent_id not in state.candidates:
                 raise NotFoundError(
                     f"unknown parent candidate {parent_id!r} in session {session_id!r}",
