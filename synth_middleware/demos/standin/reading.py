@@ -29,7 +29,8 @@ Attribution, in order:
    labels: a label spelled exactly (case-insensitive, as a whole word) when it
    has two or more words (``card_arrival``, ``play music``), and any label in
    quotes, backticks or ``**bold**`` (``"yes"``; a one-word label written bare
-   is an ordinary word, not a mention). A sentence that mentions no label is
+   is an ordinary word, not a mention), and any label written right after a
+   contrast phrase (rule 5: "not to be confused with yes"). A sentence that mentions no label is
    attributed to nobody. Otherwise the text before the first mention goes to
    the first label mentioned and the text after each mention, up to the next
    mention, to that label.
@@ -72,12 +73,12 @@ _MARKUP = "*_`\"' \t"
 _SEPARATORS = re.compile(r"[ \t]*(?::|=|\(|[ \t]+[-\u2013\u2014][ \t]+)[ \t]*")
 _MD_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]")
 _SENTENCE = re.compile(r"(?<=[.!?])[ \t]+(?=\S)|\n")
-_CONTRAST = re.compile(
-    r"(?i)(?:\b(?:not\s+to\s+be\s+confused\s+with|do\s+not\s+confuse(?:\s+\w+)?\s+with|"
+_CONTRAST_WORDS = (
+    r"(?:\b(?:not\s+to\s+be\s+confused\s+with|do\s+not\s+confuse(?:\s+\w+)?\s+with|"
     r"don'?t\s+confuse(?:\s+\w+)?\s+with|not\s+the\s+same\s+as|unlike|as\s+opposed\s+to|"
     r"rather\s+than|different\s+from|distinct\s+from|see\s+also|vs\.?|versus))"
-    r"[\s:,;\-\u2013\u2014(\"'`*]*$"
 )
+_CONTRAST = re.compile(rf"(?i){_CONTRAST_WORDS}[\s:,;\-\u2013\u2014(\"'`*]*$")
 _EDGE = " \t\n:;,.-\u2013\u2014()[]\"'`*"
 
 
@@ -127,15 +128,29 @@ class _Mentions:
             q = "|".join(re.escape(x) for x in sorted(quoted, key=len, reverse=True))
             alts.append(rf"(?:\*\*|[\"'`])(?:{q})(?:\*\*|[\"'`])")
         self.regex = re.compile("|".join(alts), re.I) if alts else None
+        self.after_contrast = None
+        if quoted:
+            q = "|".join(re.escape(x) for x in sorted(quoted, key=len, reverse=True))
+            self.after_contrast = re.compile(
+                rf"{_CONTRAST_WORDS}[\s:,;(\"'`*]*({q})(?![A-Za-z0-9_])", re.I
+            )
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
-        if self.regex is None:
-            return []
-        out = []
-        for m in self.regex.finditer(text):
-            label = self.known.exact(m.group(0).strip(_MARKUP))
-            if label is not None:
-                out.append((m.start(), m.end(), label))
+        found: dict[int, tuple[int, int, str]] = {}
+        if self.after_contrast is not None:
+            for m in self.after_contrast.finditer(text):
+                label = self.known.exact(m.group(1))
+                if label is not None:
+                    found[m.start(1)] = (m.start(1), m.end(1), label)
+        if self.regex is not None:
+            for m in self.regex.finditer(text):
+                label = self.known.exact(m.group(0).strip(_MARKUP))
+                if label is not None:
+                    found.setdefault(m.start(), (m.start(), m.end(), label))
+        out: list[tuple[int, int, str]] = []
+        for start, end, label in sorted(found.values()):
+            if not out or start >= out[-1][1]:
+                out.append((start, end, label))
         return out
 
 

@@ -28,7 +28,7 @@ given the prompt (no randomness: the same prompt gets the same answer):
 4. **Write** the instruction back: the parent's other text, then a
    ``Label guide`` section, one line per label with anything to say::
 
-       - card_arrival: Examples: "my card has not come yet"; "still waiting for my card". Key words: come, waiting. Not to be confused with card_delivery_estimate.
+       - card_arrival: Examples: "my card has not come yet"; "still waiting for my card". Key words: come, waiting. Not to be confused with `card_delivery_estimate`.
 
    which is exactly the form the stand-in model reads (rule 2). A merge prompt
    unites the guides of its two versions.
@@ -108,7 +108,9 @@ class Entry:
         if self.keywords:
             parts.append("Key words: " + ", ".join(self.keywords) + ".")
         if self.contrasts:
-            parts.append("Not to be confused with " + ", ".join(self.contrasts) + ".")
+            parts.append(
+                "Not to be confused with " + ", ".join(f"`{c}`" for c in self.contrasts) + "."
+            )
         return f"- {label}: " + " ".join(p for p in parts if p)
 
 
@@ -187,7 +189,7 @@ def _parse_entry(text: str, entry: Entry) -> None:
     m = _CONTRAST_PART.search(text)
     if m:
         for c in m.group(1).split(","):
-            c = c.strip()
+            c = c.strip().strip("`*\"'")
             if c and c not in entry.contrasts:
                 entry.contrasts.append(c)
         text = text[: m.start()] + " " + text[m.end() :]
@@ -314,6 +316,8 @@ def reflective_answer(prompt: str, labels: Sequence[str] | None, *, note: str) -
         before = guide.render(known.labels)
         _reflect(guide, rollouts, known)
         body = guide.render(known.labels)
+        if body == before:
+            body = parent
         changed = sum(1 for _ in rollouts)
         what = (
             f"reviewed {changed} rollout(s) and wrote label descriptions, examples and "
