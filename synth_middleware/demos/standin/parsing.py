@@ -68,6 +68,7 @@ class LabelSet:
         self.labels = tuple(dict.fromkeys(labels))
         self.by_norm = {normalize_label(x): x for x in self.labels}
         self.search = sorted(self.by_norm, key=len, reverse=True)
+        self._pattern: re.Pattern[str] | None = None
 
     def exact(self, text: str) -> str | None:
         """The known label ``text`` spells (after normalisation), or ``None``."""
@@ -83,6 +84,17 @@ class LabelSet:
             if cand and f"_{cand}_" in padded:
                 return self.by_norm[cand]
         return None
+
+    def strip_labels(self, text: str) -> str:
+        """``text`` without the known labels' exact spellings (and the commas between them)."""
+        if not self.labels:
+            return text
+        if self._pattern is None:
+            alts = "|".join(re.escape(x) for x in sorted(self.labels, key=len, reverse=True))
+            self._pattern = re.compile(
+                rf"(?<![A-Za-z0-9_])(?:{alts})(?![A-Za-z0-9_])[ \t]*,?", re.I
+            )
+        return " ".join(self._pattern.sub(" ", text).split())
 
     def count_in(self, text: str) -> int:
         """How many distinct known labels ``text`` names as whole ``_``-separated phrases
@@ -102,7 +114,16 @@ def extract_query(text: str, labels: LabelSet | None = None) -> str:
     2. Else the whole message without the lines that list the choices: a line that
        names three or more of ``labels``, or that is nothing but one label (the
        template's list of choices is not part of the query).
+    3. If what is left still names three or more of ``labels`` (a list of choices
+       on the query's own line), the label names are cut out of it.
     """
+    found = _find_query(text, labels)
+    if labels is not None and labels.count_in(found) >= 3:
+        found = labels.strip_labels(found) or found
+    return found
+
+
+def _find_query(text: str, labels: LabelSet | None) -> str:
     matches = list(_QUERY_LINE.finditer(text))
     for m in reversed(matches):
         rest = text[m.end() :]
