@@ -4,6 +4,7 @@ goes to which label, and that it changes the answers of the real server."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import openai
@@ -141,3 +142,18 @@ def test_a_prompt_is_read_once_and_a_request_is_cheap() -> None:
         _ask(labels, f"a question about topic {i}", system)
     per_request = (time.perf_counter() - start) / 200
     assert per_request < 0.01  # reading and embedding 80 documents happens once, not per call
+
+
+def test_loading_the_encoder_leaves_the_apps_logging_alone() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from synth_middleware.demos.standin.embedding import get_encoder\n"
+        "get_encoder().embed(['hello'])\n"
+        "print(len(logging.getLogger().handlers), logging.getLogger().level)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", str(logging.WARNING)]

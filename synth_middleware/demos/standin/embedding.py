@@ -52,24 +52,27 @@ _ENCODER: Encoder | None = None
 
 
 def _load() -> Encoder:
-    # wordllama calls logging.basicConfig() when imported: keep the app's logging as it was
+    # wordllama calls logging.basicConfig() when its modules are imported (some only while
+    # loading): keep the app's root logger as it was
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        import wordllama
-        from wordllama import WordLlama
-    except ImportError as exc:  # pragma: no cover - the demo extra declares it
-        raise StandInUnavailable(
-            "the stand-in model needs the 'wordllama' package: pip install 'synth-middleware[demo]'"
-        ) from exc
+        try:
+            import wordllama
+            from wordllama import WordLlama
+        except ImportError as exc:  # pragma: no cover - the demo extra declares it
+            raise StandInUnavailable(
+                "the stand-in model needs the 'wordllama' package: "
+                "pip install 'synth-middleware[demo]'"
+            ) from exc
+        package = Path(wordllama.__file__).parent
+        model = WordLlama.load(cache_dir=package, disable_download=True)
     finally:
         for h in list(root.handlers):
             if h not in handlers:
                 root.removeHandler(h)
         root.setLevel(level)
     logging.getLogger("wordllama").setLevel(logging.WARNING)
-    package = Path(wordllama.__file__).parent
-    model = WordLlama.load(cache_dir=package, disable_download=True)
     return Encoder(model)
 
 

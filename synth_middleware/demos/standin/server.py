@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -324,7 +325,8 @@ def create_standin_app(labels: Sequence[str] | None = None, *, latency: float = 
         if body.get("stream"):
             return _error(400, "the stand-in does not stream; send stream=false")
         try:
-            answer = standin_completion(body, labels=default, cache=cache)
+            # off the event loop: a new prompt is read and embedded once (up to ~0.3 s)
+            answer = await run_in_threadpool(standin_completion, body, labels=default, cache=cache)
         except ValueError as exc:
             return _error(400, str(exc))
         kind = answer["synth_standin"]["kind"]
