@@ -24,7 +24,8 @@ given the prompt (no randomness: the same prompt gets the same answer):
    :data:`MAX_KEYWORDS`); and ``P`` joins ``E``'s "Not to be confused with"
    list (at most :data:`MAX_CONTRASTS`). A rewarded rollout whose answer is
    right adds its query as an example of its label while the label has fewer
-   than two.
+   than two. Past :data:`MAX_CHARS` characters of instruction no example is
+   added (the engine keeps an instruction in 64 KiB of metadata).
 4. **Write** the instruction back: the parent's other text, then a
    ``Label guide`` section, one line per label with anything to say::
 
@@ -55,6 +56,7 @@ from synth_middleware.demos.standin.reading import _label_head
 
 __all__ = [
     "GUIDE_HEADER",
+    "MAX_CHARS",
     "MAX_CONTRASTS",
     "MAX_EXAMPLES",
     "MAX_KEYWORDS",
@@ -68,6 +70,9 @@ GUIDE_HEADER = "Label guide (what each label covers, from reviewed mistakes):"
 MAX_EXAMPLES = 8
 MAX_KEYWORDS = 8
 MAX_CONTRASTS = 4
+# The instruction it writes stays under this size (the engine keeps a proposal's instruction
+# in its metadata, at most 64 KiB): past it, no new examples are added.
+MAX_CHARS = 40_000
 _FENCE = re.compile(r"```[A-Za-z0-9_+\-]*\n?(.*?)```", re.S)
 _EXAMPLE = re.compile(r"(?m)^# Example \d+[ \t]*$")
 _SECTION = re.compile(r"(?m)^## (Input|Output|Reward|Expected|Feedback)[ \t]*$")
@@ -246,6 +251,7 @@ def _clean_query(query: str) -> str:
 
 def _reflect(guide: Guide, rollouts: Sequence[Rollout], known: LabelSet) -> None:
     top = max((r.reward for r in rollouts if r.reward is not None), default=None)
+    budget = MAX_CHARS - len(guide.render(known.labels)) - 200 * len(rollouts)
     for r in rollouts:
         query = _clean_query(extract_query(r.query, known))
         if not query:
@@ -262,13 +268,19 @@ def _reflect(guide: Guide, rollouts: Sequence[Rollout], known: LabelSet) -> None
         )
         entry = guide.entries.setdefault(expected, Entry())
         if not failed:
-            if len(entry.examples) < 2 and query not in entry.examples:
+            if len(entry.examples) < 2 and query not in entry.examples and budget > len(query):
                 entry.examples.append(query)
+                budget -= len(query) + 4
             continue
         name_words = set(label_words(expected).casefold().split())
         taken_other: set[str] = set()
-        if query not in entry.examples and len(entry.examples) < MAX_EXAMPLES:
+        if (
+            query not in entry.examples
+            and len(entry.examples) < MAX_EXAMPLES
+            and budget > len(query)
+        ):
             entry.examples.append(query)
+            budget -= len(query) + 4
         if answered is not None and answered != expected:
             other = guide.entries.get(answered, Entry())
             taken_other = other.words() | set(label_words(answered).casefold().split())
