@@ -1,5 +1,6 @@
-"""The offline stand-in model: TF-IDF nearest neighbours over label names and the prompt's
-labelled examples, chat-completions answers (tool calls too), honest proposer answers."""
+"""The offline stand-in model on Banking77: nearest label by word embeddings over what the
+prompt says about each label, chat-completions answers (tool calls too), the reflective
+stand-in proposer's answers."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from conftest import BANKING77_DIR
 
 from synth_middleware.demos.banking77 import data
 from synth_middleware.demos.banking77.parsing import (
+    LabelSet,
     extract_query,
     label_of,
     normalize_label,
-    parse_examples,
 )
 from synth_middleware.demos.banking77.standin import (
     FINGERPRINT,
@@ -68,7 +69,7 @@ def test_plain_text_mode_uses_the_default_labels(task: Banking77Task) -> None:
 
 
 def test_examples_in_the_system_prompt_change_the_answer(task: Banking77Task) -> None:
-    query = "My card has not arrived yet."
+    query = "I still have not received my new card"
     assert _ask(task, query) != "card_arrival"  # label names alone get this one wrong
     content, payload = render_candidate(
         task.system_prompt,
@@ -81,7 +82,7 @@ def test_examples_in_the_system_prompt_change_the_answer(task: Banking77Task) ->
 
 
 def test_examples_as_conversation_turns_count_too(task: Banking77Task) -> None:
-    query = "My card has not arrived yet."
+    query = "I still have not received my new card"
     demo = _demo(task, "I still have not received my card, it has not arrived", "card_arrival")
     messages = task.messages(query)
     messages[1:1] = [
@@ -104,10 +105,19 @@ def test_examples_as_conversation_turns_count_too(task: Banking77Task) -> None:
     assert task.parse(answer).label == "card_arrival"
 
 
-def test_prose_alone_changes_nothing(task: Banking77Task, ds: data.Banking77) -> None:
-    other = "Think step by step. Customers who wait for a card usually mean card_arrival!"
+def test_prose_about_no_label_changes_nothing(task: Banking77Task, ds: data.Banking77) -> None:
+    other = f"{task.system_prompt} Think step by step and be careful; you are a world expert."
     for ex in ds.test[:50]:
         assert _ask(task, ex.text) == _ask(task, ex.text, system=other)
+
+
+def test_a_description_in_prose_changes_the_answer(task: Banking77Task) -> None:
+    query = "The ATM ate my card"
+    assert _ask(task, query) != "card_swallowed"
+    prose = f"{task.system_prompt} When a cash machine ate or kept the card, answer card_swallowed."
+    assert _ask(task, query, system=prose) == "card_swallowed"
+    line = f"{task.system_prompt}\n\n- card_swallowed: the ATM ate, kept or swallowed the card"
+    assert _ask(task, query, system=line) == "card_swallowed"
 
 
 def test_accuracy_depends_on_the_prompt_examples(task: Banking77Task, ds: data.Banking77) -> None:
@@ -122,46 +132,54 @@ def test_accuracy_depends_on_the_prompt_examples(task: Banking77Task, ds: data.B
 
     base = accuracy(None)
     more = accuracy(with_examples)
-    assert 0.25 < base < 0.6
+    assert 0.4 < base < 0.7
     assert more > base + 0.05
 
 
-def test_proposer_requests_get_the_instruction_plus_labelled_examples(
-    task: Banking77Task,
-) -> None:
+def test_proposer_requests_get_a_reflective_instruction(task: Banking77Task) -> None:
     traces = [
         Trace(
             rollout_id=f"r{i}",
             candidate_id="c",
             input=task.user_message(q),
-            output=json.dumps({"intent": label}),
-            reward=1.0,
+            output=json.dumps({"intent": said}),
+            reward=float(said == label),
             feedback=None,
             bucket=None,
             expected=label,
         )
-        for i, (q, label) in enumerate(
-            [("where is my card?", "card_arrival"), ("what is the exchange rate", "exchange_rate")]
+        for i, (q, said, label) in enumerate(
+            [
+                ("The ATM ate my card", "card_arrival", "card_swallowed"),
+                ("what is the exchange rate", "exchange_rate", "exchange_rate"),
+            ]
         )
     ]
     prompt = mipro_instruction_prompt(
-        instruction=task.system_prompt, summary="2 inputs", examples=traces, tip="Be brief."
+        instruction=task.system_prompt,
+        summary="2 inputs",
+        examples=traces[1:],
+        tip="Be brief.",
+        failures=traces[:1],
     )
     answer = standin_completion({"messages": [{"role": "user", "content": prompt}]}, labels=None)
     text = answer["choices"][0]["message"]["content"]
     assert answer["synth_standin"]["kind"] == "proposer"
-    assert text.startswith("Stand-in proposer") and "not an LLM" in text
+    assert text.startswith("Stand-in reflective proposer") and "not an LLM" in text
     instruction = extract_instruction(text)
     assert instruction is not None and instruction.startswith(task.system_prompt)
-    assert parse_examples(instruction, task.labels) == [
-        ("where is my card?", "card_arrival"),
-        ("what is the exchange rate", "exchange_rate"),
-    ]
-    # the proposed instruction's examples are read back when it is served
-    assert _ask(task, "Where is my card?", system=instruction) == "card_arrival"
+    assert '- card_swallowed: Examples: "The ATM ate my card".' in instruction
+    assert "Not to be confused with `card_arrival`" in instruction
+    # the proposed instruction is read back when it is served: the missed query is now right
+    assert _ask(task, "The ATM ate my card") != "card_swallowed"
+    assert _ask(task, "The ATM ate my card", system=instruction) == "card_swallowed"
     # asked again with that instruction as the current one: nothing new to add
     again = mipro_instruction_prompt(
-        instruction=instruction, summary="2 inputs", examples=traces, tip="Be brief."
+        instruction=instruction,
+        summary="2 inputs",
+        examples=traces[1:],
+        tip="Be brief.",
+        failures=traces[:1],
     )
     answer = standin_completion({"messages": [{"role": "user", "content": again}]})
     assert extract_instruction(answer["choices"][0]["message"]["content"]) == instruction
@@ -184,6 +202,7 @@ def test_parsing_helpers(task: Banking77Task) -> None:
     assert label_of("no idea", task.labels) is None
     assert label_of('{"intent": "nope"}', task.labels) is None
     assert extract_query(task.user_message("Hello\nthere")) == "Hello\nthere"
+    assert extract_query(task.user_message("Hello"), LabelSet(task.labels)) == "Hello"
     assert extract_query("just text") == "just text"
 
 

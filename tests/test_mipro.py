@@ -107,7 +107,9 @@ def test_grounded_instruction_proposals() -> None:
         assert BASELINE in prompt  # the current instruction
         assert "EXAMPLES THAT SCORED WELL" in prompt and "## Reward\n1" in prompt
         assert "TIP: " in prompt and "please help with" in prompt
-        assert "wrong: expected" not in prompt  # MIPRO shows successes, not feedback
+        good, poor = prompt.split("EXAMPLES THAT SCORED POORLY")
+        assert "wrong: expected" not in good  # successes without feedback
+        assert "wrong: expected" in poor and "## Reward\n0" in poor  # failures with it
     finally:
         eng.close()
 

@@ -172,3 +172,41 @@ def test_no_model_means_no_proposer_and_injected_client_is_used() -> None:
     # a session naming its own URL does not get the injected client
     other = factory.for_config(parse_session_config({"proposer_url": "http://127.0.0.1:9/v1"}))
     assert other is not None and other.client is not factory._client
+
+
+def test_a_long_instruction_is_kept_whole_or_cut_with_a_marker_and_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from synth_middleware.engine.proposer import INSTRUCTION_CHARS
+
+    long = "Describe each label. " + " ".join(f"- label_{i}: text {i}" for i in range(1500))
+    assert 8000 < len(long) < INSTRUCTION_CHARS
+    batch = [trace(1, 0.0, input="q", expected="label_1")]
+    with caplog.at_level("WARNING", logger="synth_middleware.proposer"):
+        prompts = [
+            gepa_reflection_prompt(instruction=long, examples=batch),
+            mipro_instruction_prompt(instruction=long, summary="s", examples=batch, tip="t"),
+            gepa_merge_prompt(ancestor=long, first=long, second=long),
+        ]
+    assert all(long in p for p in prompts) and not caplog.records  # whole, no warning
+    huge = "x" * (INSTRUCTION_CHARS + 123)
+    with caplog.at_level("WARNING", logger="synth_middleware.proposer"):
+        prompt = gepa_reflection_prompt(instruction=huge, examples=batch)
+    assert huge not in prompt
+    assert "[... 123 more characters of this instruction were cut here ...]" in prompt
+    assert any("was cut" in r.getMessage() for r in caplog.records)
+
+
+def test_mipro_prompt_shows_failures_with_the_expected_answer() -> None:
+    good = [trace(1, 1.0, input="question ok", expected="right")]
+    bad = [trace(2, 0.0, input="question missed", output="wrong_label", expected="right_label")]
+    prompt = mipro_instruction_prompt(
+        instruction="I", summary="s", examples=good, tip="t", failures=bad
+    )
+    assert "EXAMPLES THAT SCORED POORLY" in prompt
+    tail = prompt.split("EXAMPLES THAT SCORED POORLY")[1]
+    assert "# Example 2" in tail and "question missed" in tail and "wrong_label" in tail
+    assert "## Expected\nright_label" in tail
+    assert "SCORED POORLY" not in mipro_instruction_prompt(
+        instruction="I", summary="s", examples=good, tip="t"
+    )

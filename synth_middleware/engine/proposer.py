@@ -28,6 +28,7 @@ For the in-process backend an OpenAI client can be injected (the engine's
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -48,6 +49,7 @@ __all__ = [
     "ENV_API_KEY",
     "ENV_MODEL",
     "ENV_URL",
+    "INSTRUCTION_CHARS",
     "MIPRO_TIPS",
     "Proposer",
     "ProposerError",
@@ -69,7 +71,13 @@ ENV_ALLOWED_HOSTS = "SYNTH_PROPOSER_ALLOWED_HOSTS"
 DEFAULT_URL = "https://api.openai.com/v1"
 _NO_KEY = "no-key"  # the openai client insists on some key; servers without auth ignore it
 _FIELD_CHARS = 2000  # one input/output/feedback in a prompt
-_INSTRUCTION_CHARS = 8000
+# An instruction goes into a proposer prompt whole up to this size (about 15k tokens; GEPA's
+# instructions grow with every reflection). Beyond it, it is cut with a marker saying how much
+# was cut and a warning is logged: never silently.
+INSTRUCTION_CHARS = 60_000
+_CUT_MARKER = "[... {n} more characters of this instruction were cut here ...]"
+
+log = logging.getLogger("synth_middleware.proposer")
 
 # MIPROv2's proposal tips: one is drawn at random for each proposed instruction.
 MIPRO_TIPS: dict[str, str] = {
@@ -257,6 +265,22 @@ def _clip(text: str | None, limit: int = _FIELD_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 15].rstrip() + " ...[truncated]"
 
 
+def _instruction_text(text: str | None) -> str:
+    """An instruction for a prompt: whole up to :data:`INSTRUCTION_CHARS`; beyond, cut with
+    an explicit marker (how many characters) and a logged warning."""
+    text = (text or "").strip()
+    if len(text) <= INSTRUCTION_CHARS:
+        return text
+    marker = _CUT_MARKER.format(n=len(text) - INSTRUCTION_CHARS)
+    log.warning(
+        "synth-middleware: an instruction of %d characters is longer than the proposer "
+        "prompt allows (%d); it was cut and the prompt says so",
+        len(text),
+        INSTRUCTION_CHARS,
+    )
+    return text[:INSTRUCTION_CHARS].rstrip() + "\n" + marker
+
+
 def _fmt_reward(value: float | None) -> str:
     if value is None:
         return "none"
@@ -330,11 +354,14 @@ def mipro_instruction_prompt(
     summary: str,
     examples: Sequence[Trace],
     tip: str,
+    failures: Sequence[Trace] = (),
 ) -> str:
     """MIPRO's grounded instruction proposal: dataset summary, the current
-    instruction, a few high-reward examples and a tip; the answer is one
+    instruction, a few high-reward examples, the low-reward ones (``failures``:
+    input, output, reward, expected answer, feedback) and a tip; the answer is one
     instruction between triple backticks."""
     shown = _with_content(examples)
+    missed = _with_content(failures)
     parts = [
         "You are improving the system prompt (instruction) of a language-model task that is "
         "running in production.",
@@ -344,12 +371,20 @@ def mipro_instruction_prompt(
         "",
         "CURRENT INSTRUCTION",
         "```",
-        _clip(instruction, _INSTRUCTION_CHARS),
+        _instruction_text(instruction),
         "```",
     ]
     if shown:
         parts += ["", "EXAMPLES THAT SCORED WELL (input, the model's output, the reward)"]
         parts += [_example_block(i, t, feedback=False) for i, t in enumerate(shown, 1)]
+    if missed:
+        parts += [
+            "",
+            "EXAMPLES THAT SCORED POORLY (input, the model's output, the reward, the expected "
+            "answer when known, feedback): say what the instruction must tell the model so it "
+            "gets these right",
+        ]
+        parts += [_example_block(i, t) for i, t in enumerate(missed, len(shown) + 1)]
     parts += [
         "",
         f"TIP: {tip}",
@@ -369,7 +404,7 @@ def gepa_reflection_prompt(*, instruction: str, examples: Sequence[Trace]) -> st
         [
             "I provided an assistant with the following instructions to perform a task for me:",
             "```",
-            _clip(instruction, _INSTRUCTION_CHARS),
+            _instruction_text(instruction),
             "```",
             "",
             "The following are examples of different task inputs provided to the assistant "
@@ -401,17 +436,17 @@ def gepa_merge_prompt(*, ancestor: str, first: str, second: str) -> str:
             "",
             "ORIGINAL INSTRUCTION",
             "```",
-            _clip(ancestor, _INSTRUCTION_CHARS),
+            _instruction_text(ancestor),
             "```",
             "",
             "VERSION A",
             "```",
-            _clip(first, _INSTRUCTION_CHARS),
+            _instruction_text(first),
             "```",
             "",
             "VERSION B",
             "```",
-            _clip(second, _INSTRUCTION_CHARS),
+            _instruction_text(second),
             "```",
             "",
             "Write one instruction that keeps every improvement of A and of B over the "

@@ -4,6 +4,7 @@
   and parse the dataset;
 * :mod:`~synth_middleware.demos.banking77.task`: the task and its container app;
 * :mod:`~synth_middleware.demos.banking77.standin`: the offline stand-in model
-  (TF-IDF nearest neighbours, **not an LLM**);
+  (word-embedding nearest label, **not an LLM**; re-exported from
+  :mod:`synth_middleware.demos.standin`);
 * :mod:`~synth_middleware.demos.banking77.demo`: ``synth-middleware demo banking77``.
 """

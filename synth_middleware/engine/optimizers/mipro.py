@@ -10,8 +10,9 @@ After ``online_proposer_min_rollouts`` rewards, each round:
    traced rewards and above the lowest), and ``instructions_per_batch``
    instructions from the proposer model, each prompted with a dataset
    summary built from observed inputs, the current best instruction, a few
-   high-reward examples and a randomly drawn tip (MIPROv2's grounded
-   proposal). No proposer configured: demo sets only. No traces (the client
+   high-reward examples, the low-reward ones with their expected answers
+   (what the instruction must fix) and a randomly drawn tip (MIPROv2's
+   grounded proposal). No proposer configured: demo sets only. No traces (the client
    runs with ``send_traces=False``): no demos and nothing about the data
    in the prompt.
 2. **Choice.** Factored Thompson sampling: every instruction and every demo
@@ -63,6 +64,7 @@ __all__ = ["MiproOptimizer", "render_candidate"]
 
 _DEMO_CHARS = 1500
 _PROMPT_EXAMPLES = 3
+_PROMPT_FAILURES = 8
 
 
 def _norm(text: str) -> str:
@@ -216,13 +218,18 @@ class MiproOptimizer(Optimizer):
             current = self._current_instruction(ctx, pool)
             summary = dataset_summary(traced)
             examples = self._examples(traced)
+            failures = self._failures(traced)
             known = {_norm(i["text"]) for i in pool["instructions"]}
             for _ in range(cfg.instructions_per_batch):
                 if len(pool["instructions"]) - 1 >= cfg.max_instructions:
                     break
                 tip_key = ctx.rng.choice(sorted(MIPRO_TIPS))
                 prompt = mipro_instruction_prompt(
-                    instruction=current, summary=summary, examples=examples, tip=MIPRO_TIPS[tip_key]
+                    instruction=current,
+                    summary=summary,
+                    examples=examples,
+                    tip=MIPRO_TIPS[tip_key],
+                    failures=failures,
                 )
                 result.proposer_calls += 1
                 try:
@@ -279,6 +286,26 @@ class MiproOptimizer(Optimizer):
             seen.add(t.input or "")
             out.append(t)
             if len(out) >= _PROMPT_EXAMPLES:
+                break
+        return out
+
+    @staticmethod
+    def _failures(traced: Sequence[Trace]) -> list[Trace]:
+        """Up to ``_PROMPT_FAILURES`` recent rollouts with distinct inputs whose reward is
+        below the best seen, lowest first (what the proposer should learn from)."""
+        rewarded = [t for t in traced if t.reward is not None]
+        if not rewarded:
+            return []
+        top = max(t.reward for t in rewarded)  # type: ignore[type-var]
+        low = sorted((t for t in rewarded if t.reward < top), key=lambda t: t.reward)  # type: ignore[operator]
+        out: list[Trace] = []
+        seen: set[str] = set()
+        for t in low:
+            if (t.input or "") in seen:
+                continue
+            seen.add(t.input or "")
+            out.append(t)
+            if len(out) >= _PROMPT_FAILURES:
                 break
         return out
 
