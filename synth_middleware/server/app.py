@@ -14,6 +14,7 @@ from synth_middleware import __version__
 from synth_middleware.engine import Engine
 from synth_middleware.engine.replicas import ReplicaCoordinator, open_engine
 from synth_middleware.server import jobs
+from synth_middleware.server._aliases import PathAliases
 from synth_middleware.server._auth import ApiKeyMiddleware
 from synth_middleware.server._errors import install_error_handlers
 from synth_middleware.server._limits import BodyLimitMiddleware
@@ -118,4 +119,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     if cfg.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+    # Outermost: the hosted client's path spellings (/api/v2/..., /api/systems/...).
+    app.add_middleware(PathAliases)
     return app

@@ -79,6 +79,7 @@ from synth_middleware.server import operations as ops
 from synth_middleware.server._errors import ApiError
 from synth_middleware.server._responses import json_response
 from synth_middleware.server.context import ServerContext, get_context
+from synth_middleware.server.models import CreateSessionRequest
 
 __all__ = ["JOB_PREFIXES", "JobConfig", "JobManager", "jobs_of", "router", "shutdown_jobs"]
 
@@ -194,6 +195,8 @@ def _flat_config(body: Mapping[str, Any]) -> dict[str, Any]:
     """``config_body`` (also nested ``prompt_learning``), or a flat body's own keys."""
     cfg = body.get("config_body")
     if cfg is None:
+        cfg = body.get("config")  # the hosted client's offline.create(config=...)
+    if cfg is None:
         cfg = {k: v for k, v in body.items() if k not in ("auto_start", "metadata", "overrides")}
     if not isinstance(cfg, Mapping):
         raise ApiError(422, "validation_error", "config_body must be an object")
@@ -297,8 +300,21 @@ class JobManager:
         """Validate a create request, create the job's session record, return the job."""
         flat = _flat_config(body)
         algo = str(body.get("algorithm") or flat.get("algorithm") or "").lower()
+        kind_name = body.get("kind")
+        if not algo and isinstance(kind_name, str):  # the hosted client: kind="gepa_offline"
+            algo = {"gepa_offline": "gepa", "mipro_offline": "mipro"}.get(kind_name.lower(), "")
+            if not algo:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    f'kind must be "gepa_offline" or "mipro_offline", not {kind_name!r:.60}',
+                )
         if algo not in ALGORITHMS:
-            raise ApiError(422, "validation_error", 'algorithm must be "mipro" or "gepa"')
+            raise ApiError(
+                422,
+                "validation_error",
+                'algorithm must be "mipro" or "gepa" (or kind "mipro_offline" | "gepa_offline")',
+            )
         kind = ALGORITHMS[algo]
         try:
             cfg = JobConfig.model_validate(flat)
@@ -344,6 +360,13 @@ class JobManager:
         if not isinstance(record, Mapping):
             raise ApiError(404, "job_not_found", f"unknown offline job {job_id!r}")
         out = dict(record)
+        if out.get("mode") == "online":  # an online job lives as long as its session
+            status = state.get("status")
+            out["status"] = {"cancelled": "cancelled", "completed": "succeeded"}.get(
+                str(status), "running"
+            )
+            out["session_status"] = status
+            return out
         if out.get("status") in ("created", "queued", "running"):
             out["status"] = "failed"
             out["error"] = "interrupted: the server stopped while the job was running"
@@ -823,7 +846,87 @@ _CREATE_DOC = (
 )
 
 
+def online_mode(body: Mapping[str, Any]) -> bool:
+    """Whether a job request asks for *online* mode (``mipro.mode = "online"``, as the
+    Banking77 walkthrough sends it, or ``mode = "online"`` at the top or in the config)."""
+    if str(body.get("mode") or "").lower() == "online":
+        return True
+    try:
+        flat = _flat_config(body)
+    except ApiError:
+        return False
+    for section in (flat, flat.get("mipro"), flat.get("gepa")):
+        if isinstance(section, Mapping) and str(section.get("mode") or "").lower() == "online":
+            return True
+    return False
+
+
+async def create_online_job(
+    body: Mapping[str, Any], request: Request, ctx: ServerContext
+) -> dict[str, Any]:
+    """An online "job": an online session that the caller drives (its own rollout loop
+    through the proxy, rewards on the status or reward route); nothing runs server-side.
+
+    Answers the job with ``metadata.mipro_system_id`` / ``mipro_proxy_url`` (also
+    ``system_id`` / ``proxy_url``, and ``gepa_*`` for GEPA), as the walkthrough reads them.
+    """
+    flat = _flat_config(body)
+    algo = str(body.get("algorithm") or flat.get("algorithm") or "mipro").lower()
+    if algo not in ALGORITHMS:
+        raise ApiError(422, "validation_error", 'algorithm must be "mipro" or "gepa"')
+    kind = ALGORITHMS[algo]
+    cfg = body.get("config_body")
+    if cfg is None:
+        cfg = body.get("config")
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise ApiError(422, "validation_error", "config_body must be an object")
+    meta = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
+    try:
+        req = CreateSessionRequest.model_validate(
+            {
+                "kind": kind,
+                "config_body": dict(cfg or {}),
+                "metadata": dict(meta or {}) or None,
+                "session_id": body.get("session_id") or ops.new_id("job"),
+                "system_name": flat.get("system_name") or flat.get("task_app_id"),
+            }
+        )
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", str(exc)[:2000]) from None
+    created = await ops.create_session(ctx, request, req)
+    if created.get("warnings"):  # an online job needs its prompt: never start one without
+        raise ApiError(
+            422, "missing_baseline", "no baseline prompt: set prompt_learning.initial_prompt"
+        )
+    sid = created["session_id"]
+    urls = {"system_id": sid, "proxy_url": created["proxy_url"]}
+    job_meta = {
+        **dict(meta or {}),
+        **urls,
+        f"{algo}_system_id": sid,
+        f"{algo}_proxy_url": created["proxy_url"],
+        "online_url": created["online_url"],
+    }
+    record = {
+        "job_id": sid,
+        "id": sid,
+        "session_id": sid,
+        "algorithm": algo,
+        "kind": kind,
+        "mode": "online",
+        "status": "running",
+        "created_at": time.time(),
+        "metadata": job_meta,
+        **urls,
+    }
+    engine = ctx.engine
+    await ctx.writer.call(lambda: engine.update_optimizer(sid, {"job": record}))
+    return record
+
+
 async def _create(body: dict[str, Any], request: Request, ctx: ServerContext) -> Response:
+    if online_mode(body):
+        return json_response(await create_online_job(body, request, ctx))
     job = await jobs_of(ctx).create(body, ctx.base_url(request))
     return json_response(job.public(), status=201)
 
