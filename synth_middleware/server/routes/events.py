@@ -85,6 +85,27 @@ async def _stream(
             last_beat = time.monotonic()
 
 
+_SECRET_NAMES = ("api_key", "apikey", "secret", "token", "password", "authorization")
+
+
+def _secret_name(name: Any) -> bool:
+    low = str(name).lower().replace("-", "_")
+    return any(low == n or low.endswith("_" + n) or (low.endswith(n + "s") and n == "api_key")
+               for n in _SECRET_NAMES)
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with the values of key-like fields (``*api_key*``, ``*token*``, ...) masked."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if _secret_name(k) and v else _masked(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
 def _page(ctx: ServerContext, session_id: str, since_seq: int, limit: int) -> dict[str, Any]:
     events = ctx.engine.store.read_events(session_id, since_seq, limit + 1)
     more = len(events) > limit
@@ -92,7 +113,7 @@ def _page(ctx: ServerContext, session_id: str, since_seq: int, limit: int) -> di
     return {
         "session_id": session_id,
         "events": [
-            {"seq": e.seq, "type": e.type, "data": e.payload, "created_at": e.created_at}
+            {"seq": e.seq, "type": e.type, "data": _masked(e.payload), "created_at": e.created_at}
             for e in events
         ],
         "next_seq": events[-1].seq if events else since_seq,
