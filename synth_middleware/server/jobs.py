@@ -62,12 +62,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.responses import Response
 
+from synth_middleware.container._paseto import ENV_SIGNING_KEY, signer_from_env
 from synth_middleware.container.client import (
     AsyncContainerClient,
     ContainerUnreachable,
     InvalidRolloutResponse,
     RolloutFailed,
     RolloutTimeout,
+    container_dialect,
     rollout_body,
 )
 from synth_middleware.engine.config import SessionConfig, parse_session_config
@@ -239,6 +241,7 @@ class Job:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> cid -> mean
     next_train: int = 0
     task: asyncio.Task[None] | None = None
+    dialect: str | None = None  # the container's: "synth" or "synth-containers"
 
     @property
     def algorithm(self) -> str:
@@ -429,12 +432,20 @@ class JobManager:
     async def _run(self, job: Job) -> None:
         cfg = job.config
         key = cfg.container_api_key or os.environ.get("ENVIRONMENT_API_KEY") or None
+        try:  # SYNTH_CONTAINER_SIGNING_KEY: the vendor's containers require its tokens
+            signer = signer_from_env()
+        except (ValueError, RuntimeError) as exc:
+            job.status, job.error = "failed", f"{ENV_SIGNING_KEY}: {exc}"
+            job.finished_at = time.time()
+            await self._persist(job)
+            return
         client = AsyncContainerClient(
             cfg.container_url,
             key,
             timeout=cfg.timeout_seconds + 5.0,
             retries=cfg.max_retries,
             backoff=cfg.retry_backoff,
+            token_signer=signer,
         )
         try:
             await self._phases(job, client)
@@ -466,7 +477,9 @@ class JobManager:
 
         # 1. pattern validation
         job.phase = "validating"
-        await client.health()
+        health = await client.health()
+        if job.dialect is None:
+            job.dialect = container_dialect(health)
         info = await client.task_info()
         train, val = cfg.seeds()
         _check_seeds(info, cfg, train, val)
@@ -636,6 +649,7 @@ class JobManager:
             env_config=env_config,
             timeout_seconds=cfg.timeout_seconds,
             policy_id=cid,
+            dialect=job.dialect or "synth",
         )
         try:
             result = await asyncio.wait_for(client.rollout(body), cfg.timeout_seconds)
