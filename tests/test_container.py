@@ -283,3 +283,23 @@ def test_task_definition_validates_splits() -> None:
         TaskDefinition(name="t", splits={}, rollout=_rollout)
     with pytest.raises(ValueError):
         TaskDefinition(name="t", splits={"a": [1]}, rollout=_rollout, default_split="b")
+
+
+def test_parse_rollout_response_reads_synth_containers_answers() -> None:
+    """synth-containers 0.4.6: ``{status, summary}`` with a ``reward_info.outcome_reward``
+    that is null when the runtime reports its reward in ``summary``."""
+    answer = {
+        "rollout_id": "r1",
+        "status": "completed",
+        "reward_info": {"outcome_reward": None, "event_rewards": []},
+        "summary": {"reward": 0.75, "task_id": "t"},
+    }
+    parsed = parse_rollout_response(answer)
+    assert parsed.reward == 0.75 and not parsed.aborted
+    assert parse_rollout_response({"status": "completed", "summary": {"outcome_reward": 1}}).reward == 1.0
+    failed = {"status": "failed", "status_detail": "boom", "reward_info": {"outcome_reward": None}}
+    with pytest.raises(InvalidRolloutResponse, match="failed: boom"):
+        parse_rollout_response(failed)
+    assert parse_rollout_response({"status": "failed", "summary": {"reward": 0}}).aborted
+    with pytest.raises(InvalidRolloutResponse):
+        parse_rollout_response({"status": "completed", "summary": {"reward": "lots"}})
