@@ -118,7 +118,13 @@ def create_app(
     app.add_middleware(HotRoutes, ctx=ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     if cfg.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+        # a container's proxy call for a rollout a job has in flight carries its own
+        # capability (the rollout URL): it may hold only its model provider's key
+        app.add_middleware(
+            ApiKeyMiddleware,
+            api_key=cfg.api_key,
+            allow=lambda scope: jobs.job_rollout_call(ctx, scope),
+        )
     # Outermost: the hosted client's path spellings (/api/v2/..., /api/systems/...).
     app.add_middleware(PathAliases)
     return app

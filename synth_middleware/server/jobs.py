@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +84,15 @@ from synth_middleware.server._responses import json_response
 from synth_middleware.server.context import ServerContext, get_context
 from synth_middleware.server.models import CreateSessionRequest
 
-__all__ = ["JOB_PREFIXES", "JobConfig", "JobManager", "jobs_of", "router", "shutdown_jobs"]
+__all__ = [
+    "JOB_PREFIXES",
+    "JobConfig",
+    "JobManager",
+    "job_rollout_call",
+    "jobs_of",
+    "router",
+    "shutdown_jobs",
+]
 
 logger = logging.getLogger("synth_middleware.server.jobs")
 
@@ -637,9 +646,20 @@ class JobManager:
         self, job: Job, client: AsyncContainerClient, cid: str, seed: int, split: str
     ) -> float | None:
         """One rollout through the proxy pinned to ``cid``; the reward, or None if it failed."""
-        cfg, ctx, sid = job.config, self.ctx, job.job_id
+        ctx, sid = self.ctx, job.job_id
         rid = ops.new_id("ro")
         ctx.rollouts[rid] = (sid, cid)  # the proxy serves this candidate for this rollout
+        in_flight = _job_rollouts(ctx)
+        in_flight.add((sid, rid))  # the container may call the proxy for it without our key
+        try:
+            return await self._rollout_in_flight(job, client, cid, seed, split, rid)
+        finally:
+            in_flight.discard((sid, rid))
+
+    async def _rollout_in_flight(
+        self, job: Job, client: AsyncContainerClient, cid: str, seed: int, split: str, rid: str
+    ) -> float | None:
+        cfg, ctx, sid = job.config, self.ctx, job.job_id
         env_config = dict(cfg.env_config)  # val seeds are seeds of the same container split
         body = rollout_body(
             seed=seed,
@@ -832,6 +852,35 @@ def _check_seeds(info: Any, cfg: JobConfig, train: Sequence[int], val: Sequence[
 
 router = APIRouter(tags=["offline jobs"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
+
+
+_PROXY_CALL = re.compile(
+    r"^/api/v1/online/sessions/(?P<sid>[^/]+)/proxy/(?P<rid>[^/]+)(?:/v1)?/chat/completions$"
+)
+
+
+def _job_rollouts(ctx: ServerContext) -> set[tuple[str, str]]:
+    rollouts: set[tuple[str, str]] | None = ctx.extra.get("job_rollouts")
+    if rollouts is None:
+        rollouts = ctx.extra["job_rollouts"] = set()
+    return rollouts
+
+
+def job_rollout_call(ctx: ServerContext, scope: Mapping[str, Any]) -> bool:
+    """Whether ``scope`` is a container's proxy call for a rollout a job has in flight.
+
+    Such a call needs no server key: the container was handed the URL (its rollout
+    id, 96 random bits, is the capability) and may hold only its model provider's
+    key. Only ``POST .../proxy/{rollout_id}[/v1]/chat/completions``, only while the
+    job waits for that rollout.
+    """
+    if scope.get("method") != "POST":
+        return False
+    m = _PROXY_CALL.match(str(scope.get("path") or ""))
+    if m is None:
+        return False
+    rollouts = ctx.extra.get("job_rollouts")
+    return bool(rollouts) and (m["sid"], m["rid"]) in rollouts
 
 
 def jobs_of(ctx: ServerContext) -> JobManager:
