@@ -5,7 +5,12 @@ Routes (each under both ``/api/prompt-learning/online/jobs`` and
 
 * ``POST ""``: create ``{algorithm: "mipro"|"gepa", config_body: {container_url,
   container_api_key?, ...}, auto_start?, metadata?}`` (a flat body with the
-  config keys at the top level is accepted too) -> the job;
+  config keys at the top level is accepted too; so is the hosted client's
+  ``{kind: "gepa_offline"|"mipro_offline", config: {...}}``) -> the job (201).
+  With ``mipro.mode = "online"`` (the Banking77 walkthrough) nothing runs
+  here: an online session is created and the answer (200) is a job record
+  with ``metadata.mipro_system_id`` / ``mipro_proxy_url``, which the caller
+  drives through the proxy and the status route;
 * ``POST /{job_id}/start``, ``POST /{job_id}/cancel``;
 * ``GET /{job_id}`` (status), ``GET /{job_id}/result``, ``GET ""`` (list);
 * candidates: ``GET /api/v1/offline/jobs/{job_id}/candidates/{candidate_id}``
@@ -36,6 +41,14 @@ server's event loop that runs the phases of the reference architecture:
    the baseline are evaluated on the validation seeds; the best score, the
    best prompt and the Pareto archive (candidates no other finalist beats on
    every validation seed) go into the job's result.
+
+The container is called with ``X-API-Key`` (``container_api_key`` or
+``ENVIRONMENT_API_KEY``) and, when ``SYNTH_CONTAINER_SIGNING_KEY`` is set, an
+``X-Synth-Container-Authorization`` token (the vendor's containers require
+one); a synth-containers app (known by its ``/health``) gets the request shape
+its strict model takes. While a rollout is in flight its proxy URL needs no
+server key (:func:`job_rollout_call`): the container may hold only its model
+provider's key.
 
 Failures of one rollout do not stop the job: the container's 502 (its model
 call failed), an invalid answer, a 4xx and a rollout past ``timeout_seconds``
