@@ -152,6 +152,11 @@ def test_mipro_online_session_every_call(serve: str, model: FakeOpenAIServer) ->
     alias = s.get_candidate("baseline")
     assert alias["alias_of"] == status["baseline_candidate_id"]
     assert _baseline_text(alias) == BASELINE
+    # and the async twins (the same routes)
+    import asyncio
+
+    assert asyncio.run(s.list_candidates_async())["items"]
+    assert asyncio.run(s.get_candidate_async("baseline"))["alias_of"] == alias["alias_of"]
 
     assert s.pause()["status"] == "paused"
     assert s.resume()["status"] == "running"
