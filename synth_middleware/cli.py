@@ -108,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
                 h.strip() for h in os.environ.get("SYNTH_ALLOWED_HOSTS", "").split(",") if h.strip()
             ]
         ),
+        **({"config_dirs": tuple(args.config_dir)} if args.config_dir else {}),
     )
     replica_options = None
     if args.lease_seconds is not None:
@@ -225,6 +226,13 @@ def _add_serve(sub: _SubParsers) -> None:
         "--insecure",
         action="store_true",
         help="allow a non-loopback --host without an API key",
+    )
+    p.add_argument(
+        "--config-dir",
+        action="append",
+        default=None,
+        help="a folder whose TOML/JSON files a create request may name as config_path (the "
+        "hosted client's config_path=); repeatable (default $SYNTH_CONFIG_DIRS, else none)",
     )
     p.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard at /")
     p.add_argument(

@@ -137,10 +137,10 @@ def test_rollout_answers_both_reward_shapes(
     body = rollout_body(seed=0, inference_url=model.url, model="m", trace_correlation_id="tc-1")
     data = _post(container.url, body).json()
     assert data["trace_correlation_id"] == "tc-1"
-    assert data["metrics"]["outcome_reward"] == 1.0
-    assert data["reward_info"] == data["metrics"]
-    assert data["metrics"]["episode_rewards"] == [1.0]
-    assert data["metrics"]["details"]["expected"] == "4"
+    assert data["reward_info"]["outcome_reward"] == 1.0
+    assert "metrics" not in data  # the vendor client refuses an answer with both
+    assert data["reward_info"]["episode_rewards"] == [1.0]
+    assert data["reward_info"]["details"]["expected"] == "4"
     traj = data["trajectories"][0]
     assert traj["env_id"] == "toy::train::0" and traj["length"] == 1
     assert traj["steps"][0]["info"] == {"expected": "4", "predicted": "4"}
@@ -283,3 +283,23 @@ def test_task_definition_validates_splits() -> None:
         TaskDefinition(name="t", splits={}, rollout=_rollout)
     with pytest.raises(ValueError):
         TaskDefinition(name="t", splits={"a": [1]}, rollout=_rollout, default_split="b")
+
+
+def test_parse_rollout_response_reads_synth_containers_answers() -> None:
+    """synth-containers 0.4.6: ``{status, summary}`` with a ``reward_info.outcome_reward``
+    that is null when the runtime reports its reward in ``summary``."""
+    answer = {
+        "rollout_id": "r1",
+        "status": "completed",
+        "reward_info": {"outcome_reward": None, "event_rewards": []},
+        "summary": {"reward": 0.75, "task_id": "t"},
+    }
+    parsed = parse_rollout_response(answer)
+    assert parsed.reward == 0.75 and not parsed.aborted
+    assert parse_rollout_response({"status": "completed", "summary": {"outcome_reward": 1}}).reward == 1.0
+    failed = {"status": "failed", "status_detail": "boom", "reward_info": {"outcome_reward": None}}
+    with pytest.raises(InvalidRolloutResponse, match="failed: boom"):
+        parse_rollout_response(failed)
+    assert parse_rollout_response({"status": "failed", "summary": {"reward": 0}}).aborted
+    with pytest.raises(InvalidRolloutResponse):
+        parse_rollout_response({"status": "completed", "summary": {"reward": "lots"}})

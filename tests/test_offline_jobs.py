@@ -303,3 +303,34 @@ async def test_online_loop_through_the_proxy(
         failed = await runner.run_one(8)  # the model fails: no reward, an error
         assert failed.reward is None and failed.error and "502" in failed.error
     assert not any("EXPERT" in s for s in recorder.sent + recorder.bodies)
+
+
+def test_container_with_only_its_provider_key_reaches_the_proxy(
+    tmp_path: Path, model: FakeOpenAIServer, recorder: Recorder
+) -> None:
+    """The server has a key; the container holds only its model provider's key and
+    sends it to the proxy URL it was handed: its rollouts go through (issue #22),
+    while the same call for a rollout no job has in flight is refused."""
+    app = create_container_app(
+        _task(recorder), api_key=KEY, inference_api_key="sk-provider-only", rollout_timeout=10
+    )
+    engine = Engine(SqliteStore(str(tmp_path / "k.db")))
+    server_app = create_app(
+        engine, api_key="server-key", upstream_url=model.url, upstream_api_key="upstream-key"
+    )
+    with (
+        InProcessContainer(app) as container,
+        InProcessServer(server_app, lifespan="on", name="keyed") as srv,
+        SynthClient(api_key="server-key", base_url=srv.url) as client,
+    ):
+        cfg = _config(container.url, proposer_url=model.url, rollout_budget=8, val_seeds=[6])
+        done = _run(client, "gepa", cfg)
+        assert done["status"] == "succeeded", done
+        assert done["progress"]["failed_rollouts"] == 0, done["errors"]
+        stray = httpx.post(
+            f"{srv.url}/api/v1/online/sessions/{done['id']}/proxy/ro_guess/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": "Bearer sk-provider-only"},
+        )
+        assert stray.status_code == 401
+    engine.close()

@@ -472,6 +472,7 @@ def test_sse_events_stream_state_and_best_changes(http: httpx.Client, server: An
             "GET",
             f"{server.url}/api/v1/online/sessions/{sid}/events",
             params={"min_interval": 0},
+            headers={"Accept": "text/event-stream"},
             timeout=10,
         ) as resp:
             assert resp.headers["content-type"].startswith("text/event-stream")

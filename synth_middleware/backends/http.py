@@ -62,12 +62,15 @@ are percent-encoded. Bodies are JSON (``allow_nan=False``).
     "accepted"|"duplicate"|"rejected", "error"?}, ...]}``, one per item, in
     order; a rejected item never affects the others. A batch is not scoped to
     a session because one reporter delivers every session of a backend and a
-    reward may name only its rollout. Support is discovered on first use: a
-    404/405 for the route itself (see "Route missing" below) switches this
-    backend to one request per reward, and the batch route is probed again
+    reward may name only its rollout. Support is discovered on first use: any
+    404/405 on the batch route (whatever its body says; a server lacking the
+    route answers in its own words) switches this backend to one request per
+    reward, and the batch route is probed again
     every ``batch_probe_interval`` seconds (default 300). A whole batch refused
     with 400/413/422 is split in halves by the reward reporter until the
-    offending reward is alone (and rejected); the reporter sends at most
+    offending reward is alone; a lone reward the batch route refuses with
+    400/422 is then tried on the per-reward route, so no 4xx of the batch route
+    drops a reward the per-reward route takes. The reporter sends at most
     ``batch_size`` (default 500) rewards per batch.
 
     *One per reward* (the hosted API): ``POST /api/v1/online/sessions/{id}/reward``
@@ -572,7 +575,9 @@ class _Dialect:
                     out.append(_rejected(key, str(err or f"rejected (status {status!r})")))
             self._batch_ok = True
             return out
-        if _route_missing(r) and self._force_batch is None:
+        if r.status in (404, 405) and self._force_batch is None:
+            # on the batch route any 404/405 means "no such route": whatever the body
+            # says, one request per reward may still deliver every one of them
             if self._batch_ok is not False:
                 log.info(
                     "synth-middleware: %s has no reward batch route; sending one request "
@@ -580,6 +585,10 @@ class _Dialect:
                     self.base_url,
                 )
             self._batch_ok = False
+            return None
+        if len(items) == 1 and r.status in (400, 422) and self._force_batch is None:
+            # a lone reward the batch route refuses may still be one the per-reward
+            # route takes (a server whose batch route is something else): try it there
             return None
         raise _error(r, f"POST {REWARDS_BATCH}")
 

@@ -41,6 +41,15 @@ PROMPT_CHANGE_CALLS = 20
 _MAX_BACKOFF = 300.0
 
 
+class _PartialRefresh(Exception):
+    """A refresh whose reads succeeded but whose registration write failed."""
+
+    def __init__(self, snap: Snapshot, error: Exception) -> None:
+        super().__init__(str(error))
+        self.snap = snap
+        self.error = error
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What the request path needs, rebuilt once per refresh."""
@@ -232,6 +241,9 @@ class SessionRuntime:
         try:
             snap = self._fetch()
         except Exception as exc:  # keep serving the last good snapshot
+            if isinstance(exc, _PartialRefresh):  # the reads were good: serve them
+                self._snap = exc.snap
+                exc = exc.error
             self.counters.refresh_errors += 1
             self.counters.last_error = f"{type(exc).__name__}: {exc}"
             self._backoff = min(_MAX_BACKOFF, max(1.0, self._backoff * 2 or 1.0))
@@ -295,7 +307,18 @@ class SessionRuntime:
         for _ in range(2):
             with self._register_lock:
                 if not self._registered and self._observed_baseline is not None:
-                    state = self._register()
+                    try:
+                        state = self._register()
+                    except Exception as exc:
+                        # The registration is an optional write: when it fails, the
+                        # reads may still succeed; serve what they give and retry the
+                        # write soon (backoff).
+                        try:
+                            state = self.backend.get_state(self.session_id)
+                            snap = self._build(state, self._active_candidates())
+                        except Exception:
+                            raise exc from None
+                        raise _PartialRefresh(snap, exc) from None
                     break
             try:
                 state = self.backend.get_state(self.session_id)

@@ -550,12 +550,13 @@ def create_container_app(
                     inference_url=req.policy.config.inference_url,
                 )
             ],
-            metrics=metrics,
             reward_info=metrics,
             aborted=False,
             ops_executed=ctx.llm_calls,
         )
-        return JSONResponse(answer.model_dump(mode="json"))
+        # reward_info only: the vendor's RolloutResponse reads "metrics" as an alias of it
+        # and refuses an answer that carries both ("duplicate field reward_info")
+        return JSONResponse(answer.model_dump(mode="json", exclude={"metrics"}))
 
     async def root(request: Request) -> Response:
         return JSONResponse(

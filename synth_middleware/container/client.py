@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from synth_middleware.container._paseto import CONTAINER_AUTH_HEADER, ContainerTokenSigner
 from synth_middleware.container.models import (
     InvalidRolloutResponse,
     RolloutResult,
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidRolloutResponse",
     "RolloutFailed",
     "RolloutTimeout",
+    "container_dialect",
     "rollout_body",
 ]
 
@@ -77,8 +79,17 @@ def rollout_body(
     policy_id: str | None = None,
     timeout_seconds: float | None = None,
     extra_policy: dict[str, Any] | None = None,
+    provider: str = "openai",
+    dialect: str = "synth",
 ) -> dict[str, Any]:
-    """A ``POST /rollout`` body in the wire shape."""
+    """A ``POST /rollout`` body in the wire shape.
+
+    ``policy`` carries ``config`` (``{inference_url, model, ...}``, what task apps
+    read) and, when ``model`` is known, ``provider``/``model``/``inference_url`` at
+    its top too (what synth-containers requires). ``dialect="synth-containers"``
+    leaves out the fields that its strict request model refuses (``policy_id``,
+    ``timeout_seconds``; the policy id then travels in ``policy.config``).
+    """
     cfg: dict[str, Any] = {"inference_url": inference_url}
     if model is not None:
         cfg["model"] = model
@@ -86,22 +97,39 @@ def rollout_body(
         cfg["prompt_template"] = prompt_template
     if extra_policy:
         cfg.update(extra_policy)
+    policy: dict[str, Any] = {"config": cfg}
+    if model is not None:
+        policy.update(provider=provider, model=model, inference_url=inference_url)
     body: dict[str, Any] = {
         "trace_correlation_id": trace_correlation_id or f"tc_{time.time_ns():x}",
         "env": {"seed": seed, "config": dict(env_config or {})},
-        "policy": {"config": cfg},
+        "policy": policy,
     }
+    strict = dialect == "synth-containers"
     if policy_id is not None:
-        body["policy"]["policy_id"] = policy_id
-    if timeout_seconds is not None:
+        if strict:
+            cfg["policy_id"] = policy_id
+        else:
+            policy["policy_id"] = policy_id
+    if timeout_seconds is not None and not strict:
         body["timeout_seconds"] = timeout_seconds
     return body
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
+def container_dialect(health: Any) -> str:
+    """``"synth-containers"`` when a ``/health`` answer is synth-containers' own
+    (``{status, contract_version}``), else ``"synth"``."""
+    if isinstance(health, dict) and "contract_version" in health and "healthy" not in health:
+        return "synth-containers"
+    return "synth"
+
+
+def _headers(api_key: str | None, signer: ContainerTokenSigner | None = None) -> dict[str, str]:
     headers = {"content-type": "application/json", "accept": "application/json"}
     if api_key:
         headers["x-api-key"] = api_key
+    if signer is not None:  # a fresh short-lived token per request
+        headers[CONTAINER_AUTH_HEADER] = signer.header_value()
     return headers
 
 
@@ -157,7 +185,9 @@ def _timeout(url: str, method: str, path: str) -> RolloutTimeout:
 
 class AsyncContainerClient:
     """Async client of one container. ``retries``/``backoff``: reconnect attempts
-    (exponential: backoff, 2*backoff, ...) before :class:`ContainerUnreachable`."""
+    (exponential: backoff, 2*backoff, ...) before :class:`ContainerUnreachable`.
+    ``token_signer``: also send ``X-Synth-Container-Authorization`` (a PASETO token,
+    see :mod:`~synth_middleware.container._paseto`) for the vendor's containers."""
 
     def __init__(
         self,
@@ -168,9 +198,11 @@ class AsyncContainerClient:
         retries: int = 3,
         backoff: float = 0.25,
         http: httpx.AsyncClient | None = None,
+        token_signer: ContainerTokenSigner | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
+        self.token_signer = token_signer
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -191,7 +223,10 @@ class AsyncContainerClient:
         while True:
             try:
                 return await self._client().request(
-                    method, self.url + path, headers=_headers(self.api_key), **kwargs
+                    method,
+                    self.url + path,
+                    headers=_headers(self.api_key, self.token_signer),
+                    **kwargs,
                 )
             except _RETRYABLE as exc:
                 if attempt >= self.retries:
@@ -244,9 +279,11 @@ class ContainerClient:
         timeout: float = 120.0,
         retries: int = 3,
         backoff: float = 0.25,
+        token_signer: ContainerTokenSigner | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
+        self.token_signer = token_signer
         self.retries = retries
         self.backoff = backoff
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False)
@@ -256,7 +293,10 @@ class ContainerClient:
         while True:
             try:
                 return self._http.request(
-                    method, self.url + path, headers=_headers(self.api_key), **kwargs
+                    method,
+                    self.url + path,
+                    headers=_headers(self.api_key, self.token_signer),
+                    **kwargs,
                 )
             except _RETRYABLE as exc:
                 if attempt >= self.retries:

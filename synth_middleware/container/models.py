@@ -8,21 +8,22 @@ Request::
                            "inference_url": "http://backend/.../proxy/ro_1",
                            "prompt_template": {...}}}}      # baseline only, optional
 
-Response (both reward shapes, so older and newer peers can read it)::
+Response (``reward_info``, the newer SDKs' name; the vendor's ``RolloutResponse``
+reads ``metrics`` as an alias of it and refuses an answer carrying both)::
 
     {"trace_correlation_id": "run-1",
      "trajectories": [{"env_id": "banking77::train::0", "policy_id": "policy",
                        "steps": [{"obs": {...}, "tool_calls": [...], "reward": 1.0,
                                   "done": true, "info": {...}}],
                        "length": 1, "inference_url": "..."}],
-     "metrics": {"episode_rewards": [1.0], "outcome_reward": 1.0, "num_steps": 1,
-                 "num_episodes": 1, "outcome_score": 1.0, "details": {...}},
-     "reward_info": {... the same ...},
+     "reward_info": {"episode_rewards": [1.0], "outcome_reward": 1.0, "num_steps": 1,
+                     "num_episodes": 1, "outcome_score": 1.0, "details": {...}},
      "aborted": false, "ops_executed": 1}
 
 Requests ignore unknown fields (peers send more) but type-check the ones we
 know. :func:`parse_rollout_response` reads an answer from any peer and
-accepts ``metrics`` or ``reward_info`` (whichever carries ``outcome_reward``).
+accepts ``metrics`` or ``reward_info`` (whichever carries ``outcome_reward``),
+or synth-containers' ``{status, summary: {outcome_reward | reward | score}}``.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ class RolloutResponse(_Lenient):
     trace_correlation_id: str
     run_id: str | None = None
     trajectories: list[Trajectory]
-    metrics: RolloutMetrics
     reward_info: RolloutMetrics
+    metrics: RolloutMetrics | None = None  # older peers' name; never sent with reward_info
     aborted: bool = False
     ops_executed: int = 1
 
@@ -168,6 +169,9 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_FAILED_STATUSES = frozenset({"failed", "error", "errored", "cancelled", "canceled", "aborted"})
+
+
 def parse_rollout_response(data: Any) -> RolloutResult:
     """Validate a peer's ``/rollout`` answer and extract its outcome reward.
 
@@ -187,7 +191,7 @@ def parse_rollout_response(data: Any) -> RolloutResult:
         if not isinstance(block, dict):
             raise InvalidRolloutResponse(f"{key} must be an object")
         for field in ("outcome_reward", "outcome_score"):
-            if field in block:
+            if block.get(field) is not None:  # null: not reported here
                 value = _finite(block[field])
                 if value is None:
                     raise InvalidRolloutResponse(f"{key}.{field} must be a finite number")
@@ -201,9 +205,23 @@ def parse_rollout_response(data: Any) -> RolloutResult:
             if isinstance(block.get("details"), dict):
                 details = dict(block["details"])
             break
+    status = data.get("status")
+    if reward is None:  # synth-containers: {status, summary: {outcome_reward | reward | score}}
+        summary = data.get("summary")
+        if isinstance(summary, dict):
+            for field in ("outcome_reward", "reward", "score"):
+                if summary.get(field) is not None:
+                    reward = _finite(summary[field])
+                    if reward is None:
+                        raise InvalidRolloutResponse(f"summary.{field} must be a finite number")
+                    break
     if reward is None:
+        if isinstance(status, str) and status.lower() in _FAILED_STATUSES:
+            detail = data.get("status_detail") or data.get("error") or status
+            raise InvalidRolloutResponse(f"the rollout {status}: {str(detail)[:200]}")
         raise InvalidRolloutResponse(
-            "no outcome reward: expected reward_info.outcome_reward or metrics.outcome_reward"
+            "no outcome reward: expected reward_info.outcome_reward, metrics.outcome_reward "
+            "or summary.reward"
         )
     trajectories = data.get("trajectories", [])
     if not isinstance(trajectories, list):
@@ -216,7 +234,9 @@ def parse_rollout_response(data: Any) -> RolloutResult:
                 if isinstance(info, dict):
                     details = dict(info)
     tcid = data.get("trace_correlation_id")
-    aborted = data.get("aborted", False)
+    aborted = bool(data.get("aborted", False)) or (
+        isinstance(status, str) and status.lower() in _FAILED_STATUSES
+    )
     try:
         return RolloutResult(
             trace_correlation_id=tcid if isinstance(tcid, str) else None,

@@ -14,6 +14,7 @@ from synth_middleware import __version__
 from synth_middleware.engine import Engine
 from synth_middleware.engine.replicas import ReplicaCoordinator, open_engine
 from synth_middleware.server import jobs
+from synth_middleware.server._aliases import PathAliases
 from synth_middleware.server._auth import ApiKeyMiddleware
 from synth_middleware.server._errors import install_error_handlers
 from synth_middleware.server._guard import HostPolicy, RequestGuardMiddleware
@@ -123,5 +124,13 @@ def create_app(
         policy = HostPolicy(cfg.allowed_hosts, bind_host=cfg.bind_host, public_url=cfg.public_url)
     app.add_middleware(RequestGuardMiddleware, policy=policy)
     if cfg.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+        # a container's proxy call for a rollout a job has in flight carries its own
+        # capability (the rollout URL): it may hold only its model provider's key
+        app.add_middleware(
+            ApiKeyMiddleware,
+            api_key=cfg.api_key,
+            allow=lambda scope: jobs.job_rollout_call(ctx, scope),
+        )
+    # Outermost: the hosted client's path spellings (/api/v2/..., /api/systems/...).
+    app.add_middleware(PathAliases)
     return app

@@ -19,6 +19,13 @@ def upstream_key_from_env() -> str | None:
     return None
 
 
+def config_dirs_from_env() -> tuple[str, ...]:
+    """Folders a create request's ``config_path`` may name: ``SYNTH_CONFIG_DIRS``
+    (``os.pathsep``-separated); none by default."""
+    raw = os.environ.get("SYNTH_CONFIG_DIRS") or ""
+    return tuple(p for p in raw.split(os.pathsep) if p.strip())
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """What :func:`~synth_middleware.server.create_app` needs besides the engine.
@@ -40,6 +47,9 @@ class ServerConfig:
     the page origins it accepts (``"*"``: any; see
     :mod:`~synth_middleware.server._guard`). ``bind_host``: the address
     ``serve`` listens on.
+    ``config_dirs``: folders whose TOML/JSON files a create request may name as
+    ``config_path`` (the hosted client's ``config_path=`` sends only the path);
+    default ``SYNTH_CONFIG_DIRS``, else none (such a request gets a 422).
     """
 
     api_key: str | None = None
@@ -56,6 +66,7 @@ class ServerConfig:
     external_poll_interval: float = 1.0
     allowed_hosts: tuple[str, ...] = ()
     bind_host: str | None = None
+    config_dirs: tuple[str, ...] = field(default_factory=config_dirs_from_env)
 
     def __repr__(self) -> str:  # never print keys
         key = "***" if self.api_key else None

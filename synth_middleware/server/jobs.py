@@ -5,7 +5,12 @@ Routes (each under both ``/api/prompt-learning/online/jobs`` and
 
 * ``POST ""``: create ``{algorithm: "mipro"|"gepa", config_body: {container_url,
   container_api_key?, ...}, auto_start?, metadata?}`` (a flat body with the
-  config keys at the top level is accepted too) -> the job;
+  config keys at the top level is accepted too; so is the hosted client's
+  ``{kind: "gepa_offline"|"mipro_offline", config: {...}}``) -> the job (201).
+  With ``mipro.mode = "online"`` (the Banking77 walkthrough) nothing runs
+  here: an online session is created and the answer (200) is a job record
+  with ``metadata.mipro_system_id`` / ``mipro_proxy_url``, which the caller
+  drives through the proxy and the status route;
 * ``POST /{job_id}/start``, ``POST /{job_id}/cancel``;
 * ``GET /{job_id}`` (status), ``GET /{job_id}/result``, ``GET ""`` (list);
 * candidates: ``GET /api/v1/offline/jobs/{job_id}/candidates/{candidate_id}``
@@ -37,6 +42,14 @@ server's event loop that runs the phases of the reference architecture:
    best prompt and the Pareto archive (candidates no other finalist beats on
    every validation seed) go into the job's result.
 
+The container is called with ``X-API-Key`` (``container_api_key`` or
+``ENVIRONMENT_API_KEY``) and, when ``SYNTH_CONTAINER_SIGNING_KEY`` is set, an
+``X-Synth-Container-Authorization`` token (the vendor's containers require
+one); a synth-containers app (known by its ``/health``) gets the request shape
+its strict model takes. While a rollout is in flight its proxy URL needs no
+server key (:func:`job_rollout_call`): the container may hold only its model
+provider's key.
+
 Failures of one rollout do not stop the job: the container's 502 (its model
 call failed), an invalid answer, a 4xx and a rollout past ``timeout_seconds``
 (cancelled) are counted as ``failed`` rollouts with the reason kept in
@@ -51,6 +64,7 @@ import asyncio
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,12 +76,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from synth_middleware._origins import container_key_for
+from synth_middleware.container._paseto import ENV_SIGNING_KEY, signer_from_env
 from synth_middleware.container.client import (
     AsyncContainerClient,
     ContainerUnreachable,
     InvalidRolloutResponse,
     RolloutFailed,
     RolloutTimeout,
+    container_dialect,
     rollout_body,
 )
 from synth_middleware.engine.config import SessionConfig, parse_session_config
@@ -79,8 +95,17 @@ from synth_middleware.server import operations as ops
 from synth_middleware.server._errors import ApiError
 from synth_middleware.server._responses import json_response
 from synth_middleware.server.context import ServerContext, get_context
+from synth_middleware.server.models import CreateSessionRequest
 
-__all__ = ["JOB_PREFIXES", "JobConfig", "JobManager", "jobs_of", "router", "shutdown_jobs"]
+__all__ = [
+    "JOB_PREFIXES",
+    "JobConfig",
+    "JobManager",
+    "job_rollout_call",
+    "jobs_of",
+    "router",
+    "shutdown_jobs",
+]
 
 logger = logging.getLogger("synth_middleware.server.jobs")
 
@@ -195,6 +220,8 @@ def _flat_config(body: Mapping[str, Any]) -> dict[str, Any]:
     """``config_body`` (also nested ``prompt_learning``), or a flat body's own keys."""
     cfg = body.get("config_body")
     if cfg is None:
+        cfg = body.get("config")  # the hosted client's offline.create(config=...)
+    if cfg is None:
         cfg = {k: v for k, v in body.items() if k not in ("auto_start", "metadata", "overrides")}
     if not isinstance(cfg, Mapping):
         raise ApiError(422, "validation_error", "config_body must be an object")
@@ -237,6 +264,7 @@ class Job:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> cid -> mean
     next_train: int = 0
     task: asyncio.Task[None] | None = None
+    dialect: str | None = None  # the container's: "synth" or "synth-containers"
 
     @property
     def algorithm(self) -> str:
@@ -298,8 +326,21 @@ class JobManager:
         """Validate a create request, create the job's session record, return the job."""
         flat = _flat_config(body)
         algo = str(body.get("algorithm") or flat.get("algorithm") or "").lower()
+        kind_name = body.get("kind")
+        if not algo and isinstance(kind_name, str):  # the hosted client: kind="gepa_offline"
+            algo = {"gepa_offline": "gepa", "mipro_offline": "mipro"}.get(kind_name.lower(), "")
+            if not algo:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    f'kind must be "gepa_offline" or "mipro_offline", not {kind_name!r:.60}',
+                )
         if algo not in ALGORITHMS:
-            raise ApiError(422, "validation_error", 'algorithm must be "mipro" or "gepa"')
+            raise ApiError(
+                422,
+                "validation_error",
+                'algorithm must be "mipro" or "gepa" (or kind "mipro_offline" | "gepa_offline")',
+            )
         kind = ALGORITHMS[algo]
         try:
             cfg = JobConfig.model_validate(flat)
@@ -345,6 +386,13 @@ class JobManager:
         if not isinstance(record, Mapping):
             raise ApiError(404, "job_not_found", f"unknown offline job {job_id!r}")
         out = dict(record)
+        if out.get("mode") == "online":  # an online job lives as long as its session
+            status = state.get("status")
+            out["status"] = {"cancelled": "cancelled", "completed": "succeeded"}.get(
+                str(status), "running"
+            )
+            out["session_status"] = status
+            return out
         if out.get("status") in ("created", "queued", "running"):
             out["status"] = "failed"
             out["error"] = "interrupted: the server stopped while the job was running"
@@ -407,12 +455,20 @@ class JobManager:
     async def _run(self, job: Job) -> None:
         cfg = job.config
         key = cfg.container_api_key or container_key_for(cfg.container_url)
+        try:  # SYNTH_CONTAINER_SIGNING_KEY: the vendor's containers require its tokens
+            signer = signer_from_env()
+        except (ValueError, RuntimeError) as exc:
+            job.status, job.error = "failed", f"{ENV_SIGNING_KEY}: {exc}"
+            job.finished_at = time.time()
+            await self._persist(job)
+            return
         client = AsyncContainerClient(
             cfg.container_url,
             key,
             timeout=cfg.timeout_seconds + 5.0,
             retries=cfg.max_retries,
             backoff=cfg.retry_backoff,
+            token_signer=signer,
         )
         try:
             await self._phases(job, client)
@@ -444,7 +500,9 @@ class JobManager:
 
         # 1. pattern validation
         job.phase = "validating"
-        await client.health()
+        health = await client.health()
+        if job.dialect is None:
+            job.dialect = container_dialect(health)
         info = await client.task_info()
         train, val = cfg.seeds()
         _check_seeds(info, cfg, train, val)
@@ -602,9 +660,20 @@ class JobManager:
         self, job: Job, client: AsyncContainerClient, cid: str, seed: int, split: str
     ) -> float | None:
         """One rollout through the proxy pinned to ``cid``; the reward, or None if it failed."""
-        cfg, ctx, sid = job.config, self.ctx, job.job_id
+        ctx, sid = self.ctx, job.job_id
         rid = ops.new_id("ro")
         ctx.rollouts[rid] = (sid, cid)  # the proxy serves this candidate for this rollout
+        in_flight = _job_rollouts(ctx)
+        in_flight.add((sid, rid))  # the container may call the proxy for it without our key
+        try:
+            return await self._rollout_in_flight(job, client, cid, seed, split, rid)
+        finally:
+            in_flight.discard((sid, rid))
+
+    async def _rollout_in_flight(
+        self, job: Job, client: AsyncContainerClient, cid: str, seed: int, split: str, rid: str
+    ) -> float | None:
+        cfg, ctx, sid = job.config, self.ctx, job.job_id
         env_config = dict(cfg.env_config)  # val seeds are seeds of the same container split
         body = rollout_body(
             seed=seed,
@@ -614,6 +683,7 @@ class JobManager:
             env_config=env_config,
             timeout_seconds=cfg.timeout_seconds,
             policy_id=cid,
+            dialect=job.dialect or "synth",
         )
         try:
             result = await asyncio.wait_for(client.rollout(body), cfg.timeout_seconds)
@@ -798,6 +868,35 @@ router = APIRouter(tags=["offline jobs"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 
+_PROXY_CALL = re.compile(
+    r"^/api/v1/online/sessions/(?P<sid>[^/]+)/proxy/(?P<rid>[^/]+)(?:/v1)?/chat/completions$"
+)
+
+
+def _job_rollouts(ctx: ServerContext) -> set[tuple[str, str]]:
+    rollouts: set[tuple[str, str]] | None = ctx.extra.get("job_rollouts")
+    if rollouts is None:
+        rollouts = ctx.extra["job_rollouts"] = set()
+    return rollouts
+
+
+def job_rollout_call(ctx: ServerContext, scope: Mapping[str, Any]) -> bool:
+    """Whether ``scope`` is a container's proxy call for a rollout a job has in flight.
+
+    Such a call needs no server key: the container was handed the URL (its rollout
+    id, 96 random bits, is the capability) and may hold only its model provider's
+    key. Only ``POST .../proxy/{rollout_id}[/v1]/chat/completions``, only while the
+    job waits for that rollout.
+    """
+    if scope.get("method") != "POST":
+        return False
+    m = _PROXY_CALL.match(str(scope.get("path") or ""))
+    if m is None:
+        return False
+    rollouts = ctx.extra.get("job_rollouts")
+    return bool(rollouts) and (m["sid"], m["rid"]) in rollouts
+
+
 def jobs_of(ctx: ServerContext) -> JobManager:
     """The server's :class:`JobManager` (created on first use)."""
     manager = ctx.extra.get(_EXTRA_KEY)
@@ -824,7 +923,87 @@ _CREATE_DOC = (
 )
 
 
+def online_mode(body: Mapping[str, Any]) -> bool:
+    """Whether a job request asks for *online* mode (``mipro.mode = "online"``, as the
+    Banking77 walkthrough sends it, or ``mode = "online"`` at the top or in the config)."""
+    if str(body.get("mode") or "").lower() == "online":
+        return True
+    try:
+        flat = _flat_config(body)
+    except ApiError:
+        return False
+    for section in (flat, flat.get("mipro"), flat.get("gepa")):
+        if isinstance(section, Mapping) and str(section.get("mode") or "").lower() == "online":
+            return True
+    return False
+
+
+async def create_online_job(
+    body: Mapping[str, Any], request: Request, ctx: ServerContext
+) -> dict[str, Any]:
+    """An online "job": an online session that the caller drives (its own rollout loop
+    through the proxy, rewards on the status or reward route); nothing runs server-side.
+
+    Answers the job with ``metadata.mipro_system_id`` / ``mipro_proxy_url`` (also
+    ``system_id`` / ``proxy_url``, and ``gepa_*`` for GEPA), as the walkthrough reads them.
+    """
+    flat = _flat_config(body)
+    algo = str(body.get("algorithm") or flat.get("algorithm") or "mipro").lower()
+    if algo not in ALGORITHMS:
+        raise ApiError(422, "validation_error", 'algorithm must be "mipro" or "gepa"')
+    kind = ALGORITHMS[algo]
+    cfg = body.get("config_body")
+    if cfg is None:
+        cfg = body.get("config")
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise ApiError(422, "validation_error", "config_body must be an object")
+    meta = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
+    try:
+        req = CreateSessionRequest.model_validate(
+            {
+                "kind": kind,
+                "config_body": dict(cfg or {}),
+                "metadata": dict(meta or {}) or None,
+                "session_id": body.get("session_id") or ops.new_id("job"),
+                "system_name": flat.get("system_name") or flat.get("task_app_id"),
+            }
+        )
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", str(exc)[:2000]) from None
+    created = await ops.create_session(ctx, request, req)
+    if created.get("warnings"):  # an online job needs its prompt: never start one without
+        raise ApiError(
+            422, "missing_baseline", "no baseline prompt: set prompt_learning.initial_prompt"
+        )
+    sid = created["session_id"]
+    urls = {"system_id": sid, "proxy_url": created["proxy_url"]}
+    job_meta = {
+        **dict(meta or {}),
+        **urls,
+        f"{algo}_system_id": sid,
+        f"{algo}_proxy_url": created["proxy_url"],
+        "online_url": created["online_url"],
+    }
+    record = {
+        "job_id": sid,
+        "id": sid,
+        "session_id": sid,
+        "algorithm": algo,
+        "kind": kind,
+        "mode": "online",
+        "status": "running",
+        "created_at": time.time(),
+        "metadata": job_meta,
+        **urls,
+    }
+    engine = ctx.engine
+    await ctx.writer.call(lambda: engine.update_optimizer(sid, {"job": record}))
+    return record
+
+
 async def _create(body: dict[str, Any], request: Request, ctx: ServerContext) -> Response:
+    if online_mode(body):
+        return json_response(await create_online_job(body, request, ctx))
     job = await jobs_of(ctx).create(body, ctx.base_url(request))
     return json_response(job.public(), status=201)
 

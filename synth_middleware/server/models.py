@@ -49,6 +49,10 @@ class CreateSessionRequest(_Request):
     system: SystemRef | None = None
     system_name: str | None = Field(default=None, max_length=200)
     config_body: dict[str, Any] | None = None
+    #: the hosted client's ``online.create(config=...)`` key: read as ``config_body``
+    config: dict[str, Any] | None = None
+    #: a TOML (or JSON) file the *server* reads, only inside its ``config_dirs``
+    config_path: str | None = Field(default=None, max_length=4096)
     config_name: str | None = Field(default=None, max_length=200)
     overrides: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None

@@ -7,9 +7,11 @@ so each answer is sent only after its write committed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
+import tomllib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -156,17 +158,81 @@ def session_config(body: CreateSessionRequest) -> dict[str, Any]:
     return out
 
 
+_NO_BASELINE_HINT = (
+    "put the baseline prompt in the config as prompt_learning.initial_prompt (text, or "
+    "{messages: [{role: system, pattern|content}]}) or send baseline"
+)
+
+
+def _read_config_file(ctx: ServerContext, path_text: str) -> dict[str, Any]:
+    """The TOML/JSON file ``path_text`` names, if it lies inside one of ``config_dirs``."""
+    path = os.path.realpath(path_text)
+    allowed = [os.path.realpath(d) for d in ctx.config.config_dirs]
+    if not any(os.path.commonpath([path, d]) == d for d in allowed):
+        raise ApiError(
+            422,
+            "config_path_not_allowed",
+            f"config_path {path_text!r}: this server reads config files only inside the "
+            "folders it was started with (serve --config-dir, or SYNTH_CONFIG_DIRS); "
+            "none of them holds this file. Send the config itself instead: "
+            "config_body=<dict> (or config=<dict>)",
+        )
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1024 * 1024 + 1)
+    except OSError as exc:
+        raise ApiError(
+            422, "config_path_unreadable", f"config_path {path_text!r}: {exc.strerror}"
+        ) from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(raw)
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            422, "config_path_invalid", f"config_path {path_text!r}: not valid TOML/JSON: {exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "config_path_invalid", f"config_path {path_text!r}: not a table")
+    return data
+
+
+def resolve_config(ctx: ServerContext, body: CreateSessionRequest) -> CreateSessionRequest:
+    """``body`` with its config in ``config_body``: read from ``config`` (the hosted
+    client's key) or from the file ``config_path`` names (see ``config_dirs``)."""
+    sources = [
+        name for name in ("config_body", "config", "config_path") if getattr(body, name) is not None
+    ]
+    if len(sources) > 1:
+        raise ApiError(
+            422, "validation_error", f"send one of {', '.join(sources)}, not several"
+        )
+    if body.config is not None:
+        return body.model_copy(update={"config_body": body.config, "config": None})
+    if body.config_path is not None:
+        cfg = _read_config_file(ctx, body.config_path)
+        return body.model_copy(update={"config_body": cfg, "config_path": None})
+    return body
+
+
 async def create_session(
     ctx: ServerContext, request: Request, body: CreateSessionRequest, *, kind: str | None = None
 ) -> dict[str, Any]:
     """Create the session (or return the existing one; a new baseline starts a generation).
 
     The answer has the create fields (``session_id, correlation_id, proxy_url,
-    online_url, chat_completions_url, created``) and the session state.
+    online_url, chat_completions_url, created``) and the session state. A new
+    session whose request carried a config (``config``, ``config_path``,
+    ``config_name``) without a baseline prompt is refused (422); one created
+    with no baseline at all says so in ``warnings`` (the first call through the
+    proxy then registers its system message as the baseline).
     """
     sid = body.session_id or new_id("sess")
     validate_session_id(sid)
     kind = kind or body.kind
+    from_client_config = body.config is not None or body.config_path is not None
+    body = resolve_config(ctx, body)
     baseline = baseline_from(body)
     config = session_config(body)
     try:
@@ -174,6 +240,21 @@ async def create_session(
         existed = True
     except NotFoundError:
         existed = False
+    warnings: list[str] = []
+    if not existed and baseline is None:
+        if from_client_config or (body.config_name and body.config_body is None):
+            what = "config_name (this server keeps no named configs)" if (
+                body.config_name and body.config_body is None
+            ) else "the config"
+            raise ApiError(
+                422,
+                "missing_baseline",
+                f"no baseline prompt in {what}: {_NO_BASELINE_HINT}",
+            )
+        warnings.append(
+            "no baseline prompt: the first call through the proxy registers its system "
+            f"message as the baseline ({_NO_BASELINE_HINT})"
+        )
     engine = ctx.engine
     state = await ctx.writer.call(
         lambda: engine.ensure_session(sid, baseline=baseline, kind=kind, config=config)
@@ -185,6 +266,8 @@ async def create_session(
         "kind": state.get("kind", kind),
         "status": state.get("status", "running"),
         "created": not existed,
+        "system": {"id": sid, "name": config.get("system_name") or sid},
+        **({"warnings": warnings} if warnings else {}),
         **prompt_urls(ctx, request, sid, body.correlation_id),
     }
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
+from starlette.requests import Request
 from starlette.responses import Response
 
 from synth_middleware.backends.base import CandidateItem
 from synth_middleware.errors import NotFoundError
+from synth_middleware.server._aliases import ALIAS_KEY
 from synth_middleware.server._errors import ApiError
 from synth_middleware.server._responses import json_response
 from synth_middleware.server.context import ServerContext, get_context
@@ -63,9 +65,26 @@ _Include = Annotated[
 ]
 
 
+BASELINE_ALIAS = "baseline"
+
+
+def _with_baseline_alias(ctx: ServerContext, page: dict[str, Any], system_id: str) -> None:
+    """Add an item ``candidate_id: "baseline"`` (``alias_of`` the real baseline) to a
+    first page: the hosted client's ``get_candidate("baseline")`` looks for it there."""
+    state = ctx.engine.get_state(system_id)
+    base = state.get("baseline_candidate_id")
+    if not isinstance(base, str):
+        return
+    found = next((i for i in page["items"] if i.get("candidate_id") == base), None)
+    item = dict(found) if found is not None else _enrich(ctx.engine.get_candidate(base), system_id)
+    item.update(candidate_id=BASELINE_ALIAS, alias_of=base)
+    page["items"].append(item)
+
+
 @router.get("/api/v1/systems/{system_id}/candidates", response_model=CandidatePage)
 async def list_system_candidates(
     system_id: str,
+    request: Request,
     ctx: Ctx,
     job_id: str | None = None,
     algorithm: str | None = None,
@@ -76,19 +95,24 @@ async def list_system_candidates(
     sort: _Sort = None,
     include: _Include = None,
 ) -> Response:
-    """A page of the session's candidates (for online sessions ``system_id`` is the session id)."""
-    return json_response(
-        _page(
-            ctx,
-            system_id,
-            status=status,
-            limit=limit,
-            cursor=cursor,
-            sort=sort,
-            include=include,
-            job_id=job_id,
-        )
+    """A page of the session's candidates (for online sessions ``system_id`` is the session id).
+
+    Asked as ``/api/systems/{id}/candidates`` (the hosted client's spelling), the
+    first page also carries ``candidate_id: "baseline"``, an alias of the baseline.
+    """
+    page = _page(
+        ctx,
+        system_id,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+        sort=sort,
+        include=include,
+        job_id=job_id,
     )
+    if ALIAS_KEY in request.scope and not cursor and status in (None, "all", "active"):
+        _with_baseline_alias(ctx, page, system_id)
+    return json_response(page)
 
 
 @router.get("/api/v1/online/sessions/{session_id}/candidates", response_model=CandidatePage)
@@ -130,8 +154,26 @@ def candidate_item(ctx: ServerContext, candidate_id: str) -> dict[str, Any]:
 
 
 @router.get("/api/v1/candidates/{candidate_id}", response_model=CandidateItemResponse)
-async def get_candidate(candidate_id: str, ctx: Ctx) -> Response:
-    """One candidate with its full payload."""
+async def get_candidate(candidate_id: str, request: Request, ctx: Ctx) -> Response:
+    """One candidate with its full payload.
+
+    Asked as ``/api/candidates/baseline`` (the hosted client's spelling), ``baseline``
+    names no session: the answer says so (no ``system_id``), and the client then
+    finds the session's ``baseline`` alias in its candidate list.
+    """
+    if (
+        candidate_id == BASELINE_ALIAS
+        and ALIAS_KEY in request.scope
+        and ctx.candidate_session(candidate_id) is None
+    ):
+        return json_response(
+            {
+                "candidate_id": BASELINE_ALIAS,
+                "alias": True,
+                "system_id": None,
+                "message": "'baseline' is each session's baseline; list the session's candidates",
+            }
+        )
     return json_response(candidate_item(ctx, candidate_id))
 
 

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synth_middleware.server import operations as ops
+from synth_middleware.server._aliases import ALIAS_KEY
 from synth_middleware.server._errors import error_response_for
 from synth_middleware.server._responses import dumps
 from synth_middleware.server.context import ServerContext
@@ -189,7 +190,8 @@ class HotRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = None
-        if scope["type"] == "http" and not scope.get("root_path"):
+        # an aliased request (the hosted client's spelling) may be answered differently
+        if scope["type"] == "http" and not scope.get("root_path") and ALIAS_KEY not in scope:
             found = self.match(scope["method"], scope["path"])
         if found is None:
             await self.app(scope, receive, send)
