@@ -363,8 +363,10 @@ class _Watcher(threading.Thread):
         counter: list[int],
         names: dict[str, str],
         baseline_text: str,
+        prefix: str = "proposal",
     ) -> None:
         super().__init__(name="proposal-watcher", daemon=True)
+        self.prefix = prefix
         self.session = session
         self.say = say
         self.counter = counter
@@ -392,14 +394,14 @@ class _Watcher(threading.Thread):
                 self.names.setdefault(cid, "baseline")
                 continue
             n = len(self.proposals) + 1
-            self.names[cid] = f"proposal {n}"
+            self.names[cid] = f"{self.prefix} {n}"
             text = item.get("candidate_content")
             payload = item.get("artifact_payload")
             desc = describe_candidate(text, payload, baseline=self.baseline_text)
             self.proposals.append(
                 {
                     "candidate_id": cid,
-                    "name": f"proposal {n}",
+                    "name": f"{self.prefix} {n}",
                     "after_rollouts": self.counter[0],
                     "content": text,
                     "payload": payload,
@@ -407,7 +409,7 @@ class _Watcher(threading.Thread):
                 }
             )
             self.say(
-                f"  + proposal {n} ({cid}) after {self.counter[0]} rollouts: "
+                f"  + {self.prefix} {n} ({cid}) after {self.counter[0]} rollouts: "
                 f"{desc['instruction']} + {desc['examples']} labelled example(s)"
             )
         state = state if state is not None else self.session.get_status()
@@ -773,7 +775,14 @@ def run(
                 names: dict[str, str] = {}
                 counter = [0]
                 rewards: list[float] = []
-                watcher = _Watcher(session, say, counter, names, task.system_prompt)
+                watcher = _Watcher(
+                    session,
+                    say,
+                    counter,
+                    names,
+                    task.system_prompt,
+                    "copy" if opts.copy_baseline_proposals else "proposal",
+                )
                 copies_added: list[int] = []
 
                 def add_copy() -> None:
