@@ -57,14 +57,14 @@ def _configure_common(p: argparse.ArgumentParser, *, model_env: str) -> None:
     p.add_argument(
         "--train-size",
         type=_positive,
-        default=d.train_size,
-        help=f"train seeds 0..N-1 the rollouts draw from ({d.train_size})",
+        default=None,
+        help="training rows the rollouts draw from (default: up to 2000)",
     )
     p.add_argument(
         "--val-size",
         type=_non_negative,
-        default=d.val_size,
-        help=f"validation seeds after them ({d.val_size})",
+        default=None,
+        help="validation rows after them (default: up to 50)",
     )
     p.add_argument(
         "--min-proposal-rollouts",

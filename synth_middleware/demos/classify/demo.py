@@ -80,8 +80,10 @@ class DemoError(RuntimeError):
 class DemoOptions:
     """The demo's settings (the command's flags).
 
-    ``test_size``: held-out test queries to evaluate on (``None``: the whole test
-    file). ``lockstep``: on the embedded backend with pattern a, one rollout at a
+    ``train_size``: the training rows the rollouts draw from (``None``: up to
+    2,000, fewer when the file is smaller); ``val_size``: validation rows after them
+    (``None``: up to 50, at most a fifth of the file). ``test_size``: held-out test
+    queries to evaluate on (``None``: the whole test file). ``lockstep``: on the embedded backend with pattern a, one rollout at a
     time with the optimizer stepped after each reward (reproducible per seed);
     ``False`` runs ``concurrency`` rollouts in flight with the optimizer in the
     background (timing-dependent). ``standin_latency``: seconds each stand-in
@@ -93,9 +95,9 @@ class DemoOptions:
     ``--upstream-url http://127.0.0.1:PORT/v1``).
     """
 
-    rollouts: int = 600
-    train_size: int = 1000
-    val_size: int = 50
+    rollouts: int = 1000
+    train_size: int | None = None
+    val_size: int | None = None
     min_proposal_rollouts: int = 40
     model: str = STANDIN
     proposer_model: str | None = None
@@ -656,7 +658,11 @@ def run(
         raise ValueError("pattern must be 'a' or 'b'")
     if opts.rollouts < 1:
         raise ValueError("rollouts must be at least 1")
-    if opts.train_size < 1 or opts.val_size < 0:
+    val_size = opts.val_size if opts.val_size is not None else min(50, len(data.train) // 5)
+    train_size = (
+        opts.train_size if opts.train_size is not None else min(2000, len(data.train) - val_size)
+    )
+    if train_size < 1 or val_size < 0:
         raise ValueError("train-size must be at least 1 and val-size at least 0")
     t0 = time.perf_counter()
     task = task or ClassifyTask(data.labels)
@@ -664,9 +670,9 @@ def run(
     say = _Out(stream or sys.stdout, opts.progress)
     import openai  # noqa: F401  (imported here, not first in the optimizer thread mid-run)
 
-    if opts.train_size + opts.val_size > len(data.train):
+    if train_size + val_size > len(data.train):
         raise ValueError(
-            f"train-size + val-size ({opts.train_size} + {opts.val_size}) must be at most the "
+            f"train-size + val-size ({train_size} + {val_size}) must be at most the "
             f"{len(data.train)} training rows"
         )
     lockstep = opts.lockstep and opts.pattern == "a" and not opts.backend_url
@@ -677,8 +683,8 @@ def run(
     test = data.shuffled("test", opts.seed)
     if opts.test_size is not None:
         test = test[: opts.test_size]
-    train_seeds = list(range(opts.train_size))
-    val_seeds = list(range(opts.train_size, opts.train_size + opts.val_size))
+    train_seeds = list(range(train_size))
+    val_seeds = list(range(train_size, train_size + val_size))
     rng = random.Random(opts.seed)
     order = train_seeds[:]
     rng.shuffle(order)
@@ -769,7 +775,7 @@ def run(
                 if opts.pattern == "a":
                     _preflight(session.proxy_url, backend, model, opts)
                 say(
-                    f"Running {opts.rollouts} rollouts over {opts.train_size} train seeds "
+                    f"Running {opts.rollouts} rollouts over {train_size} train seeds "
                     f"(proposals after {opts.min_proposal_rollouts} rewards; {mode})"
                 )
                 names: dict[str, str] = {}
@@ -902,7 +908,13 @@ def run(
             results: dict[str, Any] = {
                 "demo": name,
                 "run_dir": str(run_dir),
-                "options": {**asdict(opts), "lockstep": lockstep, "standin_latency": latency},
+                "options": {
+                    **asdict(opts),
+                    "train_size": train_size,
+                    "val_size": val_size,
+                    "lockstep": lockstep,
+                    "standin_latency": latency,
+                },
                 "data": {
                     "name": name,
                     "sources": data.sources,
