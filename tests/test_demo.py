@@ -374,3 +374,50 @@ def test_demo_with_a_named_model_goes_through_the_openai_settings(
         }
         assert provider.counts["classifications"] >= 50 + 65  # rollouts + evaluation
         assert provider.counts["proposals"] >= 1  # the proposer used the same provider
+
+
+def test_classify_on_small_unseen_jsonl_data_with_default_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels that are plain words with spaces and punctuation, a file far smaller than the
+    default budget's sizes: the defaults adapt and the run completes."""
+    topics = {
+        "yes": ["sure thing {}", "yes please {}", "absolutely, go ahead {}"],
+        "no": ["no thanks {}", "please do not {}", "never do that {}"],
+        "Needs a human?": ["let me talk to a person {}", "human agent please {}", "operator {}"],
+    }
+    rows = [
+        {"text": t.format(i), "label": label}
+        for i in range(12)
+        for label, ts in topics.items()
+        for t in ts
+    ]
+    train = tmp_path / "train.jsonl"
+    test = tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:90]))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[90:]))
+    code = main(
+        [
+            "demo",
+            "classify",
+            "--train",
+            str(train),
+            "--test",
+            str(test),
+            "--name",
+            "tiny",
+            "--rollouts",
+            "40",
+            "--min-proposal-rollouts",
+            "10",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--no-plot",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((_only_run(tmp_path / "out") / "results.json").read_text())
+    assert results["options"]["val_size"] == 18 and results["options"]["train_size"] == 72
+    assert results["evaluation"]["test"]["baseline"]["n"] == len(rows) - 90
+    assert results["data"]["labels"] == ["yes", "no", "Needs a human?"]
