@@ -425,12 +425,11 @@ class _Watcher(threading.Thread):
                         "candidate_id": best,
                         "name": name,
                         "after_rollouts": self.counter[0],
-                        "action": "rolled back to" if best == base else "names as best",
+                        "action": "rolled back to the baseline" if best == base else "named best",
                     }
                 )
-                self.say(
-                    f"  * the backend {self.promotions[-1]['action']} {name} after {self.counter[0]} rollouts"
-                )
+                what = "rolls back to the baseline" if best == base else f"names {name} best"
+                self.say(f"  * the backend {what} after {self.counter[0]} rollouts")
             self._best = best
 
     def run(self) -> None:
