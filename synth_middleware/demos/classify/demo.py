@@ -225,11 +225,11 @@ class _Model:
 @contextlib.contextmanager
 def _model(opts: DemoOptions, labels: Sequence[str], latency: float) -> Iterator[_Model]:
     if opts.standin:
-        from synth_middleware.demos.banking77.standin import (
-            MODEL_NAME,
-            STANDIN_NOTE,
-            StandInModel,
-        )
+        from synth_middleware.demos.banking77 import standin as standin_module
+        from synth_middleware.demos.banking77.standin import StandInModel
+
+        model_name = str(getattr(standin_module, "MODEL_NAME", STANDIN))
+        note = str(getattr(standin_module, "STANDIN_NOTE", "offline stand-in, not an LLM"))
 
         kwargs: dict[str, Any] = {"latency": latency}
         if opts.standin_port:
@@ -242,8 +242,8 @@ def _model(opts: DemoOptions, labels: Sequence[str], latency: float) -> Iterator
                 f"the stand-in model cannot listen on port {opts.standin_port}: {exc}"
             ) from None
         try:
-            label = f"{MODEL_NAME} ({STANDIN_NOTE}; {latency:g}s simulated latency)"
-            yield _Model(srv.url, MODEL_NAME, label, None, True)
+            label = f"{model_name} ({note}; {latency:g}s simulated latency)"
+            yield _Model(srv.url, model_name, label, None, True)
         finally:
             srv.stop()
         return
@@ -771,7 +771,7 @@ def run(
                     )
                 else:
                     say(f"  proposer:  {proposer}" + (" (the stand-in)" if model.standin else ""))
-                if opts.pattern == "a":
+                if opts.pattern == "a" and not backend.embedded:
                     _preflight(session.proxy_url, backend, model, opts)
                 say(
                     f"Running {opts.rollouts} rollouts over {train_size} train seeds "
