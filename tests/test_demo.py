@@ -274,6 +274,7 @@ def test_external_backend_without_upstream_fails_fast_with_the_fix(
     assert "--standin-port 8011" in captured.err
     assert "Running" not in captured.out  # stopped before any rollout
     assert "kept the baseline" not in captured.out + captured.err
+    assert not list((tmp_path / "runs").iterdir())  # a failed run leaves no directory
 
 
 def test_external_backend_with_the_standin_port_works(tmp_path: Path, hwu64: Any) -> None:

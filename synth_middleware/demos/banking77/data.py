@@ -102,8 +102,8 @@ class Banking77:
             test=self.test,
             labels=self.labels,
             sources={
-                "train": str(self.source / "train.csv"),
-                "test": str(self.source / "test.csv"),
+                "train": str((self.source / "train.csv").resolve()),
+                "test": str((self.source / "test.csv").resolve()),
             },
             digests={"train": FILES["train.csv"], "test": FILES["test.csv"]},
         )

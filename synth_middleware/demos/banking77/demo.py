@@ -44,7 +44,7 @@ def run(opts: DemoOptions, *, stream: IO[str] | None = None) -> dict[str, Any]:
     ds = dataset.load(opts.data_dir, progress=opts.progress)
     # record the folder used, also when $BANKING77_DIR or the cache named it
     return _generic.run(
-        replace(opts, data_dir=str(ds.source)),
+        replace(opts, data_dir=str(ds.source.resolve())),
         ds.as_labelled(),
         Banking77Task(ds.labels),
         title="Banking77",

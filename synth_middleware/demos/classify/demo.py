@@ -988,6 +988,11 @@ def run(
     finally:
         if lockstep:
             random.setstate(saved_random)
+        if not (run_dir / "results.json").exists():  # failed: leave no empty run behind
+            with contextlib.suppress(OSError):
+                for leftover in run_dir.iterdir():
+                    leftover.unlink()
+                run_dir.rmdir()
 
 
 def _session_prefix(name: str) -> str:
