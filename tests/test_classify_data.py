@@ -195,3 +195,23 @@ def test_generic_task_prompt_tool_and_reward() -> None:
     assert task.reward(task.parse({}), "no") == 0.0
     with pytest.raises(ValueError, match="two distinct labels"):
         ClassifyTask(["only"])
+
+
+def test_tsv_and_json_array_files(tmp_path: Path) -> None:
+    tsv = _write(tmp_path / "train.tsv", "label\ttext\nspam\tbuy now, cheap\nham\tsee you at 5\n")
+    assert [(e.text, e.label) for e in read_examples(tsv)] == [
+        ("buy now, cheap", "spam"),
+        ("see you at 5", "ham"),
+    ]
+    arr = _write(
+        tmp_path / "rows.json",
+        json.dumps([{"text": "a\u2028b", "label": "x"}, {"text": "c", "label": "y"}]),
+    )
+    assert [e.label for e in read_examples(arr)] == ["x", "y"]
+    bad = _write(tmp_path / "bad.json", json.dumps([{"text": "a", "label": "x"}, {"text": "b"}]))
+    with pytest.raises(DataError, match=r"bad\.json: item 2: no label column"):
+        read_examples(bad)
+    line = json.dumps({"text": "a\u2028b", "label": "x"}, ensure_ascii=False)
+    raw = _write(tmp_path / "raw.jsonl", line + "\n" + line + "\n")
+    assert "\u2028" in raw.read_text(encoding="utf-8")
+    assert read_examples(raw)[0].text == "a\u2028b"

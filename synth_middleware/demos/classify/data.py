@@ -1,15 +1,15 @@
 """Labelled text data from any CSV or JSONL file: ``text,label`` rows, checked.
 
 Formats (chosen by the file's extension: ``.jsonl``/``.ndjson``/``.json`` are
-JSON lines, anything else is CSV):
+JSON, ``.tsv`` is tab-separated, anything else is CSV):
 
-* **CSV** with a header row; the text and label columns are named by
+* **CSV** (or **TSV**) with a header row; the text and label columns are named by
   ``text_col``/``label_col`` (default ``text`` and ``label``; when the label
   column is not given and there is no ``label`` column, ``category``,
   ``intent`` or ``class`` is used if present). Standard quoting, embedded
   newlines, CRLF or LF; other columns are ignored.
 * **JSONL**: one JSON object per line (blank lines skipped) with the same
-  two keys.
+  two keys; a ``.json`` file may also hold one JSON array of such objects.
 
 Texts are stripped of surrounding whitespace; labels are kept verbatim (any
 string: spaces, punctuation, ``yes``/``no``; numbers are turned into strings).
@@ -120,8 +120,9 @@ def _check_columns(
 
 def _read_csv(path: Path, text_col: str, label_col: str | None) -> list[Example]:
     out: list[Example] = []
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader, None)
         except csv.Error as exc:
@@ -158,28 +159,40 @@ def _example(text: str, label: str, where: str) -> Example:
     return Example(text, label)
 
 
+def _from_object(obj: object, text_col: str, label_col: str | None, path: Path, n: int) -> Example:
+    where = f"{path}:{n}"
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    col = _pick_label_col(list(obj), label_col)
+    _check_columns(list(obj), text_col, col, path, n)
+    return _example(
+        _cell(obj[text_col], "the text", where), _cell(obj[col], "the label", where), where
+    )
+
+
 def _read_jsonl(path: Path, text_col: str, label_col: str | None) -> list[Example]:
-    out: list[Example] = []
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):  # one JSON array of objects (items numbered from 1)
+        try:
+            items = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.args[0]})") from None
+        out = []
+        for i, obj in enumerate(items, start=1):
             try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.args[0]})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            col = _pick_label_col(list(obj), label_col)
-            _check_columns(list(obj), text_col, col, path, lineno)
-            out.append(
-                _example(
-                    _cell(obj[text_col], "the text", where),
-                    _cell(obj[col], "the label", where),
-                    where,
-                )
-            )
+                out.append(_from_object(obj, text_col, label_col, path, i))
+            except DataError as exc:
+                raise DataError(str(exc).replace(f"{path}:{i}:", f"{path}: item {i}:", 1)) from None
+        return out
+    out = []
+    for lineno, raw in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 in text
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.args[0]})") from None
+        out.append(_from_object(obj, text_col, label_col, path, lineno))
     return out
 
 
