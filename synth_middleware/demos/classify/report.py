@@ -116,7 +116,7 @@ def plot_rollouts(
     fig, (ax, side) = plt.subplots(
         1,
         2,
-        figsize=(13, 5.4),
+        figsize=(13, 6.6),
         dpi=110,
         gridspec_kw={"width_ratios": [4.2, 1.0]},
     )
@@ -195,13 +195,15 @@ def plot_rollouts(
                 color="dimgrey",
                 va="top",
             )
-    for p in promotions:
+    for k, p in enumerate(promotions):
         at = p.get("after_rollouts")
         if isinstance(at, int):
             ax.axvline(at, color="tab:green", alpha=0.7, linewidth=1.2, linestyle="-.")
             ax.annotate(
-                f"named: {p.get('name')}",
-                (at, 0.02),
+                "back to the baseline"
+                if str(p.get("action", "")).startswith("rolled back")
+                else f"named: {p.get('name')}",
+                (at, 0.02 + 0.3 * (k % 3)),
                 xytext=(3, 2),
                 textcoords="offset points",
                 fontsize=7,
@@ -215,7 +217,13 @@ def plot_rollouts(
     ax.set_xlim(0, end + 1)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.2)
-    ax.legend(fontsize=6.5, loc="lower right", framealpha=0.85)
+    ax.legend(
+        fontsize=6.5,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncol=3,
+        frameon=False,
+    )
 
     _plot_held_out(side, held_out, color_of)
     fig.tight_layout()
