@@ -422,3 +422,16 @@ def test_classify_on_small_unseen_jsonl_data_with_default_sizes(
     assert results["options"]["val_size"] == 18 and results["options"]["train_size"] == 72
     assert results["evaluation"]["test"]["baseline"]["n"] == len(rows) - 90
     assert results["data"]["labels"] == ["yes", "no", "Needs a human?"]
+
+
+def test_external_backend_whose_upstream_is_down_fails_fast(tmp_path: Path, hwu64: Any) -> None:
+    engine, server = _external_backend(tmp_path, f"http://127.0.0.1:{_free_port()}/v1")
+    with server as srv, pytest.raises(classify_demo.DemoError, match="cannot reach its upstream"):
+        classify_demo.run(
+            classify_demo.DemoOptions(
+                rollouts=10, backend_url=srv.url, out=str(tmp_path), progress=False, plot=False
+            ),
+            hwu64,
+            stream=io.StringIO(),
+        )
+    engine.close()
