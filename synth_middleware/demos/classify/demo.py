@@ -386,8 +386,12 @@ class _Watcher(threading.Thread):
             self._poll(state)
 
     def _poll(self, state: dict[str, Any] | None) -> None:
-        page = self.session.list_candidates(limit=1000, include="prompt_text", status="all")
-        for item in page.get("items", []):
+        ids = {c["candidate_id"] for c in state.get("candidates") or []} if state else None
+        items: list[dict[str, Any]] = []
+        if ids is None or ids - self._seen:  # a new candidate (or no state to tell)
+            page = self.session.list_candidates(limit=1000, include="prompt_text", status="all")
+            items = page.get("items", [])
+        for item in items:
             cid = item["candidate_id"]
             if cid in self._seen:
                 continue
