@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo quickstart lint bench clean
+.PHONY: test demo demo-classify evidence quickstart lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,21 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# The Banking77 online demo on the embedded backend, offline (stand-in model).
+# The Banking77 online demo on the embedded backend, offline (stand-in model): baseline
+# vs the named best on the held-out test set; outputs in results/runs/<run>/.
 BANKING77_DIR ?= $(wildcard ../shared/data/banking77)
 demo: $(STAMP)
-	BANKING77_DIR=$(BANKING77_DIR) $(PY) -m synth_middleware.cli demo banking77
+	BANKING77_DIR=$(BANKING77_DIR) $(PY) -m synth_middleware.cli demo banking77 $(DEMO_ARGS)
+
+# The same demo on any labelled data: make demo-classify TRAIN=train.csv TEST=test.csv
+TRAIN ?= ../shared/data/hwu64/train.csv
+TEST ?= ../shared/data/hwu64/test.csv
+demo-classify: $(STAMP)
+	$(PY) -m synth_middleware.cli demo classify --train $(TRAIN) --test $(TEST) $(DEMO_ARGS)
+
+# The demo's evidence matrix (datasets x seeds x budgets, plus the copy-baseline control).
+evidence: $(STAMP)
+	$(PY) benchmarks/demo_evidence.py --out results/evidence $(EVIDENCE_ARGS)
 
 quickstart: $(STAMP)
 	$(PY) examples/quickstart.py

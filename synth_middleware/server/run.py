@@ -99,6 +99,13 @@ def serve(
     """
     config = replace(config or ServerConfig(), bind_host=host)
     check_bind(host, config.api_key, insecure)
+    engine, replicas = open_engine(
+        db_path,
+        optimizer=optimizer,
+        max_staleness=max_staleness,
+        replica_options=replica_options,
+    )
+    # after the database opened: a mistake there is the one line the user sees
     if not config.api_key and not is_loopback(host):
         logger.warning(
             "synth-middleware: listening on %s WITHOUT an API key (--insecure): anyone who "
@@ -112,12 +119,6 @@ def serve(
             "Set SYNTH_API_KEY to require a key",
             " and spend the upstream key through the proxy" if config.upstream_url else "",
         )
-    engine, replicas = open_engine(
-        db_path,
-        optimizer=optimizer,
-        max_staleness=max_staleness,
-        replica_options=replica_options,
-    )
     try:
         app = create_app(engine, config=config)
         if replicas is not None:  # the app's lifespan starts and stops it

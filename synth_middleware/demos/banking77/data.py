@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from synth_middleware.demos.classify.data import Example, LabelledData
+
 __all__ = [
     "DEFAULT_URL",
     "FILES",
@@ -75,14 +77,6 @@ class ChecksumError(ValueError):
     """A file's SHA-256 is not the published one: it is refused."""
 
 
-@dataclass(frozen=True, slots=True)
-class Example:
-    """One labelled query."""
-
-    text: str
-    label: str
-
-
 @dataclass(frozen=True)
 class Banking77:
     """The three files, parsed: ``train``, ``test`` (lists of :class:`Example`), ``labels``."""
@@ -98,6 +92,21 @@ class Banking77:
         rows = list(self.train if split == "train" else self.test)
         random.Random(seed).shuffle(rows)
         return rows
+
+    def as_labelled(self) -> LabelledData:
+        """The same data as a generic :class:`~synth_middleware.demos.classify.data.LabelledData`
+        (labels in ``categories.json`` order), for the generic classification task."""
+        return LabelledData(
+            name="banking77",
+            train=self.train,
+            test=self.test,
+            labels=self.labels,
+            sources={
+                "train": str((self.source / "train.csv").resolve()),
+                "test": str((self.source / "test.csv").resolve()),
+            },
+            digests={"train": FILES["train.csv"], "test": FILES["test.csv"]},
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -140,6 +149,8 @@ def cache_dir() -> Path:
 
 
 def _progress(total: int | None, desc: str, stream: IO[str]) -> object:
+    if not getattr(stream, "isatty", lambda: False)():
+        return _PlainProgress(total, desc, stream)  # no carriage returns in captured logs
     try:
         from tqdm import tqdm
 
@@ -149,19 +160,20 @@ def _progress(total: int | None, desc: str, stream: IO[str]) -> object:
 
 
 class _PlainProgress:
-    """A tiny progress line for when tqdm is not installed."""
+    """One line when a download starts and one when it ends (logs, or no tqdm)."""
 
     def __init__(self, total: int | None, desc: str, stream: IO[str]) -> None:
         self.total, self.desc, self.stream, self.n = total, desc, stream, 0
+        self.stream.write(f"{self.desc} ...\n")
+        self.stream.flush()
 
     def update(self, n: int) -> None:
         self.n += n
-        size = f"/{self.total // 1024} KiB" if self.total else " KiB"
-        self.stream.write(f"\r{self.desc}: {self.n // 1024}{size}")
-        self.stream.flush()
 
     def close(self) -> None:
-        self.stream.write("\n")
+        size = f"{self.n // 1024} KiB"
+        self.stream.write(f"{self.desc}: {size} done\n")
+        self.stream.flush()
 
 
 def download(
