@@ -55,6 +55,12 @@ def _configure_common(p: argparse.ArgumentParser, *, model_env: str) -> None:
         "--rollouts", type=_positive, default=d.rollouts, help=f"online rollouts ({d.rollouts})"
     )
     p.add_argument(
+        "--optimizer",
+        choices=["gepa", "mipro"],
+        default=d.optimizer,
+        help=f"the online optimizer ({d.optimizer})",
+    )
+    p.add_argument(
         "--train-size",
         type=_positive,
         default=None,
@@ -176,6 +182,7 @@ def _options(args: argparse.Namespace, **extra: Any) -> Any:
 
     return DemoOptions(
         rollouts=args.rollouts,
+        optimizer=args.optimizer,
         train_size=args.train_size,
         val_size=args.val_size,
         min_proposal_rollouts=args.min_proposal_rollouts,

@@ -96,6 +96,7 @@ class DemoOptions:
     """
 
     rollouts: int = 1000
+    optimizer: str = "mipro"
     train_size: int | None = None
     val_size: int | None = None
     min_proposal_rollouts: int = 40
@@ -712,7 +713,7 @@ def run(
         ):
             mode = "lockstep" if lockstep else f"concurrency {opts.concurrency}"
             say(
-                f"{title or name} online demo (MIPRO online, pattern {opts.pattern.upper()}, "
+                f"{title or name} online demo ({opts.optimizer.upper()} online, pattern {opts.pattern.upper()}, "
                 f"seed {opts.seed}, {mode})"
             )
             sources = ", ".join(f"{k} {v}" for k, v in data.sources.items())
@@ -761,7 +762,7 @@ def run(
                     contextlib.closing(SynthClient(base_url=backend.url, api_key=backend.api_key))
                 )
                 session = client.optimization.online.create(
-                    kind="mipro_online",
+                    kind=f"{opts.optimizer}_online",
                     system_name=name,
                     session_id=f"{_session_prefix(name)}-{os.urandom(4).hex()}",
                     baseline=task.system_prompt,
@@ -960,7 +961,7 @@ def run(
             png = None
             if opts.plot:
                 plot_title = (
-                    f"{title or name}, MIPRO online, pattern {opts.pattern.upper()}, "
+                    f"{title or name}, {opts.optimizer.upper()} online, pattern {opts.pattern.upper()}, "
                     f"seed {opts.seed}, {opts.rollouts} rollouts"
                     + (
                         ", proposals = copies of the baseline"
