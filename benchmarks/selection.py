@@ -140,7 +140,7 @@ def scenarios() -> list[Scenario]:
 
 
 HORIZONS = (100, 300, 600, 1000, 2000, 4000, 8000, 10_000)
-ROUTINGS = ("thompson", "top_two")
+ROUTINGS = ("thompson",)  # the default; --routing thompson,top_two adds the comparison
 ALTERNATIVES = ("plain thompson", "uniform", "epsilon-greedy")
 
 

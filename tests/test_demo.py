@@ -81,7 +81,8 @@ def test_banking77_pattern_a_lockstep(
     assert _only_run(tmp_path) == Path(results["run_dir"])
     assert Path(results["run_dir"]).name.startswith("banking77-")
     assert results["lockstep"] is True
-    assert results["options"]["data_dir"] == str(BANKING77_DIR)  # not null with $BANKING77_DIR
+    # not null with $BANKING77_DIR (recorded resolved: compare the same way)
+    assert Path(results["options"]["data_dir"]).resolve() == Path(BANKING77_DIR).resolve()
     assert results["data"]["sources"]["train"] == str((BANKING77_DIR / "train.csv").resolve())
     assert results["proposals"], "the optimizer proposed nothing in 80 rollouts"
     printed = capsys.readouterr().out

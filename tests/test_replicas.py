@@ -389,7 +389,10 @@ def test_owner_killed_mid_load_takeover_loses_and_doubles_nothing(
     n_events, n_keys, distinct = _counts(db_url, sid)
     assert load.acked <= load.sent
     assert n_events == n_keys == distinct
-    stored = {k for (k,) in _db(db_url, "SELECT idempotency_key FROM reward_keys")}
+    # keys are stored scoped to their session ("<session>\x1f<key>")
+    stored = {
+        k.split("\x1f", 1)[-1] for (k,) in _db(db_url, "SELECT idempotency_key FROM reward_keys")
+    }
     assert load.acked <= stored
     assert stored <= load.sent  # (a batch in flight at the kill may have committed unacked)
     for r in group:
