@@ -297,3 +297,18 @@ def test_end_to_end_local_backend_serves_proposals(tmp_path: Path) -> None:
         finally:
             synth.flush(2.0)
             engine.close()
+
+
+def test_many_empty_rounds_do_not_overflow_the_backoff() -> None:
+    """A forced step after every reward with nothing to propose (the demo's control run
+    steps 2,000 times): the backoff's exponent once overflowed a float after 1,025."""
+    eng = make_engine(None)
+    try:
+        cfg = {**FAST, "demo_sets_per_batch": 0, "max_demo_sets": 0}  # nothing to propose
+        eng.ensure_session(SID, baseline=BASELINE, kind="mipro_online", config=cfg)
+        simulate(eng, SID, Task(), 40, random.Random(3))
+        for _ in range(1200):
+            status = eng.optimizer.step(SID, force=True)  # type: ignore[union-attr]
+        assert status["status"] != "error"
+    finally:
+        eng.close()

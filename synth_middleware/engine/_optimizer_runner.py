@@ -325,7 +325,7 @@ class OptimizerRunner:
         now = time.monotonic()
         if error is not None:
             run.failures += 1
-            delay = min(opts.backoff_max, opts.backoff_initial * 2 ** (run.failures - 1))
+            delay = _backoff(opts.backoff_initial, opts.backoff_max, run.failures)
             delay *= 0.8 + 0.4 * self._rng.random()
             run.retry_at = now + delay
             env = self._proposers.env
@@ -354,7 +354,7 @@ class OptimizerRunner:
                 done["last_proposed"] = added
             else:  # nothing to add: try again later, not on every reward
                 run.empty_rounds += 1
-                delay = min(opts.backoff_max, opts.backoff_initial * 2 ** (run.empty_rounds - 1))
+                delay = _backoff(opts.backoff_initial, opts.backoff_max, run.empty_rounds)
                 run.retry_at = now + delay
                 done["status"] = result.note if result is not None else "idle"
                 done["next_retry_at"] = time.time() + delay
@@ -443,3 +443,9 @@ class OptimizerRunner:
                 else:
                     out[k] = v
         return {k: v for k, v in out.items() if k not in OPTIMIZER_INTERNAL_KEYS}
+
+
+def _backoff(initial: float, cap: float, attempts: int) -> float:
+    """``initial * 2 ** (attempts - 1)``, at most ``cap``; the exponent is bounded so that
+    a long run of empty rounds (a forced step after every reward) cannot overflow."""
+    return min(cap, initial * 2.0 ** min(max(attempts - 1, 0), 60))
