@@ -414,10 +414,13 @@ def main() -> None:
             else:
                 named, med_txt, arch = "-", "-", "-"
             reg = float(r["regret"].mean())
-            ratio = reg / alt["plain thompson"] if alt["plain thompson"] > 0 else float("nan")
+            if alt["plain thompson"] > 0:
+                reg_txt = f"{reg:.1f} ({reg / alt['plain thompson']:.2f}x)"
+            else:  # every arm is as good as the others: no regret to compare
+                reg_txt = f"{reg:.1f}"
             row = (
                 f"| {sc.title} | {routing} | {seeds} | {fp_txt} | {named} | {med_txt} | {arch} "
-                f"| {reg:.1f} ({ratio:.2f}x) |"
+                f"| {reg_txt} |"
             )
             lines.append(row)
             print(row, flush=True)

@@ -153,8 +153,8 @@ class SessionConfig(BaseModel):
     online_retire_min_rollouts: int = _int(
         5,
         ge=1,
-        description="a dormant candidate (P(best) < online_dormant_probability) with at least "
-        "this many rewards is retired (archived): routing has given up on it",
+        description="accepted for older configs; candidates are no longer retired for a low "
+        "P(best): only anytime-valid evidence archives them (engine.policy)",
     )
     online_max_active_candidates: int = _int(
         20,
