@@ -6,7 +6,10 @@ Scale larger scores down before reporting them (e.g. report cost in dollars,
 not micro-dollars); the statistics (running mean and variance) stay exact and
 finite for any number of rewards inside that range. ``bool`` and strings are
 not rewards. A timestamp (``created_at``) is epoch seconds between
-``MIN_TIMESTAMP`` (1970-01-01) and ``MAX_TIMESTAMP`` (year 5138).
+``MIN_TIMESTAMP`` (1970-01-01) and ``MAX_TIMESTAMP`` (year 5138). Feedback
+text is at most ``MAX_FEEDBACK_BYTES`` (64 KiB) of UTF-8: counted in bytes
+everywhere, so text that ``reward()`` accepts is never refused later in the
+background (it once counted characters while the engine counted bytes).
 """
 
 from __future__ import annotations
@@ -17,6 +20,20 @@ import numbers
 MAX_ABS_REWARD = 1e6
 MIN_TIMESTAMP = 0.0
 MAX_TIMESTAMP = 1e11
+MAX_FEEDBACK_BYTES = 64 * 1024
+
+
+def feedback_error(feedback: object) -> str | None:
+    """Why ``feedback`` cannot be stored (a sentence), or ``None`` (``None`` is fine)."""
+    if feedback is None:
+        return None
+    if not isinstance(feedback, str):
+        return "feedback must be a string or None"
+    # UTF-8 length without encoding the common short ASCII case
+    size = len(feedback) if feedback.isascii() else len(feedback.encode("utf-8", "surrogatepass"))
+    if size > MAX_FEEDBACK_BYTES:
+        return f"feedback is {size} bytes of UTF-8, over the {MAX_FEEDBACK_BYTES}-byte limit"
+    return None
 
 
 def _real(value: object) -> float | None:

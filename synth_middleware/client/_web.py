@@ -33,7 +33,7 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from synth_middleware._domain import reward_error
+from synth_middleware._domain import feedback_error, reward_error
 from synth_middleware._tokens import TokenData, decode_token, encode_token
 from synth_middleware.client._evaluation import anchor
 from synth_middleware.client._otel import (
@@ -69,7 +69,6 @@ DEFAULT_TOKEN_MAX_AGE = 7 * 24 * 3600.0
 """Seconds a web token stays valid for feedback (a week)."""
 MAX_FEEDBACK_BODY = 256 * 1024
 """Largest feedback request body accepted, in bytes."""
-MAX_FEEDBACK_CHARS = 64 * 1024
 MAX_KEY_CHARS = 256
 _MAX_ID_CHARS = 200
 FEEDBACK_MODES = ("once", "all")
@@ -446,13 +445,9 @@ def parse_feedback(
         raise FeedbackError(422, "invalid_reward", f"'reward': {problem}")
     value = float(value)
     feedback = data.get("feedback")
-    if feedback is not None:
-        if not isinstance(feedback, str):
-            raise FeedbackError(422, "invalid_feedback", "'feedback' must be a string")
-        if len(feedback) > MAX_FEEDBACK_CHARS:
-            raise FeedbackError(
-                422, "invalid_feedback", f"'feedback' is longer than {MAX_FEEDBACK_CHARS} chars"
-            )
+    problem = feedback_error(feedback)
+    if problem is not None:
+        raise FeedbackError(422, "invalid_feedback", f"'feedback': {problem}")
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise FeedbackError(422, "invalid_metadata", "'metadata' must be an object")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
-from synth_middleware._domain import reward_error
+from synth_middleware._domain import feedback_error, reward_error
 from synth_middleware._ids import random_hex
 from synth_middleware._tokens import decode_token, looks_like_token
 from synth_middleware.client import registry
@@ -18,8 +18,6 @@ from synth_middleware.client.session import all_runtimes
 from synth_middleware.errors import SynthError
 from synth_middleware.rollout import Rollout, may_name_rollout
 from synth_middleware.settings import settings
-
-MAX_FEEDBACK_CHARS = 64 * 1024
 
 
 def reward(
@@ -58,11 +56,9 @@ def reward(
     if problem is not None:
         raise ValueError(problem)
     value = float(value)
-    if feedback is not None:
-        if not isinstance(feedback, str):
-            raise ValueError("feedback must be a string")
-        if len(feedback) > MAX_FEEDBACK_CHARS:
-            raise ValueError(f"feedback is longer than {MAX_FEEDBACK_CHARS} characters")
+    problem = feedback_error(feedback)
+    if problem is not None:
+        raise ValueError(problem)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ValueError("metadata must be a mapping")
     r = _resolve(target)

@@ -28,6 +28,7 @@ from synth_middleware._domain import (
     MIN_TIMESTAMP,
     as_reward,
     as_timestamp,
+    feedback_error,
     reward_error,
 )
 from synth_middleware.backends.base import (
@@ -65,7 +66,6 @@ T = TypeVar("T")
 
 SESSION_KINDS = ("mipro_online", "gepa_online")
 MAX_ID_CHARS = 256
-MAX_FEEDBACK_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 64 * 1024
 MAX_CANDIDATE_BYTES = 1024 * 1024
 MAX_ROLLOUT_DETAIL_BYTES = 256 * 1024
@@ -1211,11 +1211,9 @@ def _parse_reward(index: int, record: object, now: float) -> _Reward | RewardRes
     if candidate_id is not None and not _is_id(candidate_id):
         return _rejected(key, "candidate_id must be a non-empty string or None")
     feedback = record.get("feedback")
-    if feedback is not None:
-        if not isinstance(feedback, str):
-            return _rejected(key, "feedback must be a string or None")
-        if _utf8_len(feedback) > MAX_FEEDBACK_BYTES:
-            return _rejected(key, f"feedback is over {MAX_FEEDBACK_BYTES} bytes")
+    problem = feedback_error(feedback)
+    if problem is not None:
+        return _rejected(key, problem)
     metadata = record.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, Mapping):
