@@ -46,3 +46,21 @@ class InvalidRequestError(BackendError):
 
 class TokenError(SynthError, ValueError):
     """A rollout token is malformed, forged or expired."""
+
+
+def error_for_status(
+    status: int, message: str, *, code: str | None = None, retry_after: float | None = None
+) -> BackendError:
+    """The one mapping from an HTTP error status to our exceptions (the HTTP backend and
+    the SDK both use it): 404 is :class:`NotFoundError`; any other 4xx but 408 and 429
+    is :class:`InvalidRequestError` (retrying cannot fix it); 408, 429, 5xx are a
+    retryable :class:`BackendError`. ``retry_after`` (seconds) rides on the exception."""
+    exc: BackendError
+    if status == 404:
+        exc = NotFoundError(message, code=code or "not_found")
+    elif 400 <= status < 500 and status not in (408, 429):
+        exc = InvalidRequestError(message, status=status, code=code or "invalid_request")
+    else:
+        exc = BackendError(message, status=status, code=code)
+    exc.retry_after = retry_after  # type: ignore[attr-defined]
+    return exc

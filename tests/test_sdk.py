@@ -256,3 +256,31 @@ def test_own_http_client(server: BackgroundServer) -> None:
         assert isinstance(client.optimization.online.list(), list)
         client.close()
         assert not own.is_closed  # the caller's client stays the caller's
+
+
+def test_sdk_maps_statuses_like_the_http_backend() -> None:
+    """408 and 429 are retryable (with Retry-After), not 'invalid request': the SDK and
+    the HTTP backend share one mapping (the SDK once called 429 InvalidRequestError)."""
+    import httpx
+
+    from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
+    from synth_middleware.sdk._transport import Call, Transport
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        status = int(request.url.path.rsplit("/", 1)[-1])
+        return httpx.Response(
+            status, json={"error": {"message": "slow down", "code": "x"}}, headers={"retry-after": "7"}
+        )
+
+    t = Transport("http://backend.test", client=httpx.Client(transport=httpx.MockTransport(answer)))
+    for status, cls, retryable in (
+        (429, BackendError, True),
+        (408, BackendError, True),
+        (503, BackendError, True),
+        (422, InvalidRequestError, False),
+        (404, NotFoundError, False),
+    ):
+        with pytest.raises(BackendError) as info:
+            t.request(Call("GET", f"/s/{status}"))
+        assert type(info.value) is cls and info.value.retryable is retryable, status
+        assert info.value.retry_after == 7.0  # type: ignore[attr-defined]

@@ -145,7 +145,11 @@ from synth_middleware.backends.base import (
     SessionKind,
     SessionState,
 )
-from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
+from synth_middleware.errors import (
+    BackendError,
+    NotFoundError,
+    error_for_status,
+)
 
 __all__ = ["AsyncHttpBackend", "HttpBackend", "PartialDeliveryError"]
 
@@ -292,15 +296,9 @@ def _route_missing(resp: _Resp) -> bool:
 def _error(resp: _Resp, what: str) -> BackendError:
     message, code = _message_and_code(resp)
     text = f"{what}: HTTP {resp.status}: {message or 'no message'}"
-    exc: BackendError
-    if resp.status == 404:
-        exc = NotFoundError(text, code=code or "not_found")
-    elif 400 <= resp.status < 500 and resp.status not in (408, 429):
-        exc = InvalidRequestError(text, status=resp.status, code=code or "invalid_request")
-    else:
-        exc = BackendError(text, status=resp.status, code=code)
-    exc.retry_after = parse_retry_after(resp.headers.get("retry-after"))  # type: ignore[attr-defined]
-    return exc
+    return error_for_status(
+        resp.status, text, code=code, retry_after=parse_retry_after(resp.headers.get("retry-after"))
+    )
 
 
 def _ok(resp: _Resp) -> bool:

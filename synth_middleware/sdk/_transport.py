@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 
 from synth_middleware import __version__
-from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
+from synth_middleware.backends.http import parse_retry_after
+from synth_middleware.errors import BackendError, error_for_status
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 URL_VARS = ("SYNTH_URL", "SYNTH_BACKEND_URL", "RUST_BACKEND_URL")
@@ -62,11 +63,10 @@ def _error(response: httpx.Response) -> BackendError:
     except (ValueError, AttributeError):
         pass
     text = f"{response.request.method} {response.request.url.path}: {status} {message}"
-    if status == 404:
-        return NotFoundError(text, code=code or "not_found")
-    if 400 <= status < 500:
-        return InvalidRequestError(text, status=status, code=code or "invalid_request")
-    return BackendError(text, status=status, code=code)
+    # the HTTP backend's mapping: 408 and 429 are retryable, not "invalid request"
+    return error_for_status(
+        status, text, code=code, retry_after=parse_retry_after(response.headers.get("retry-after"))
+    )
 
 
 def _answer(response: httpx.Response) -> Any:
