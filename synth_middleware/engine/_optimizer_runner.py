@@ -5,7 +5,7 @@ matter (rewards, candidates, config, status): a set insert and an event set,
 so reward ingestion and candidate serving never wait on an optimizer. The
 thread then steps each touched session, at most once per ``interval``:
 
-1. apply the selection policy's pruning (archive, with the posterior reason),
+1. apply the selection policy's pruning (archive, with the evidence in the reason),
    and record changes of the named best (promotion, rollback) in the
    session's ``optimizer.best_history``;
 2. if :func:`~synth_middleware.engine.optimizers.base.trigger` says go, take

@@ -25,8 +25,9 @@ when):
    alternate rounds, two front members with a common ancestor, neither
    descending from the other, are combined by the proposer.
 5. **Acceptance** happens on live traffic: the child is served by P(best)
-   routing and pruned by the policy when it is worse than the leader with
-   probability >= 0.95; it parents once it has enough rewards.
+   routing, archived by the policy only when anytime-valid evidence shows it
+   worse than the baseline or the named best (:mod:`synth_middleware.engine.policy`),
+   and parents once it has enough rewards.
 
 Without traces (``send_traces=False``) there is nothing to reflect on: the
 round waits (selection and pruning go on).
