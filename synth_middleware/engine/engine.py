@@ -511,23 +511,12 @@ class Engine:
         batch.states[session_id] = st
         batch.emit(st, SESSION_CREATED, {"kind": kind, "config": cfg})
         batch.txn.add_session(session_id, kind, "running", batch.now, cfg)
-        self._add_candidate(
-            batch,
-            st,
-            content=baseline,
-            payload=None,
-            parent_id=None,
-            metadata=None,
-            is_baseline=True,
-        )
+        self._add_baseline(batch, st, baseline)
         return st
 
-    def _fill_baseline(self, batch: _Batch, state: SessionStateMachine, text: str | None) -> None:
-        """The session was created before its prompt was known (candidates seeded
-        first): the first known prompt becomes the baseline of the same generation,
-        so the seeded candidates stay live; the empty placeholder is archived."""
-        old = state.baseline_candidate_id
-        self._add_candidate(
+    def _add_baseline(self, batch: _Batch, state: SessionStateMachine, text: str | None) -> str:
+        """Add ``text`` as the baseline of the session's current generation."""
+        return self._add_candidate(
             batch,
             state,
             content=text,
@@ -536,6 +525,13 @@ class Engine:
             metadata=None,
             is_baseline=True,
         )
+
+    def _fill_baseline(self, batch: _Batch, state: SessionStateMachine, text: str | None) -> None:
+        """The session was created before its prompt was known (candidates seeded
+        first): the first known prompt becomes the baseline of the same generation,
+        so the seeded candidates stay live; the empty placeholder is archived."""
+        old = state.baseline_candidate_id
+        self._add_baseline(batch, state, text)
         if old is not None:
             batch.emit(
                 state, CANDIDATE_ARCHIVED, {"candidate_id": old, "reason": "baseline_filled"}
@@ -559,15 +555,7 @@ class Engine:
                 "previous_baseline_id": old_baseline,
             },
         )
-        new_id = self._add_candidate(
-            batch,
-            state,
-            content=text,
-            payload=None,
-            parent_id=None,
-            metadata=None,
-            is_baseline=True,
-        )
+        new_id = self._add_baseline(batch, state, text)
         for cid in stale:
             batch.emit(state, CANDIDATE_ARCHIVED, {"candidate_id": cid, "reason": "prompt_changed"})
         batch.txn.set_candidate_status(stale, "archived")

@@ -378,18 +378,17 @@ def evaluate(
         if base_i is not None:
             # for display only: a normal approximation when there is no grid (reads)
             p_beats = _p_greater(post, posts[base_i])
-        if ev is not None:
+        beats = loses = False
+        if ev is not None:  # one boundary per pair: (-inf, inf) before any reward
             effect = ev.estimate
-            lo, hi = ev.interval(level, rho)
-            if not math.isfinite(lo):
-                lo = hi = None
+            low, high = ev.interval(level, rho)
+            beats, loses = low > 0.0, high < 0.0
+            if math.isfinite(low):
+                lo, hi = low, high
         enough = c.reward_count >= s.min_rollouts_for_best
-        if base_i is None:
-            eligible = enough
-        else:
-            eligible = enough and ev is not None and ev.beats(level, rho)
+        eligible = enough if base_i is None else enough and beats
         reason = None
-        if ev is not None and ev.loses(level, rho):
+        if loses:
             worse.add(i)
         if c.reward_count >= s.prune_min_rollouts:
             if i in worse:
@@ -400,8 +399,8 @@ def evaluate(
                 )
             elif inc_i is not None and inc_i != i:
                 ev_inc = pair(i, inc_i)
-                if ev_inc is not None and ev_inc.loses(level, rho):
-                    up = ev_inc.interval(level, rho)[1]
+                up = ev_inc.interval(level, rho)[1] if ev_inc is not None else math.inf
+                if ev_inc is not None and up < 0.0:
                     reason = (
                         f"pruned: worse than the named best {active[inc_i].candidate_id} "
                         f"(gain {ev_inc.estimate:+.3g}, anytime-valid upper bound {up:+.3g} "

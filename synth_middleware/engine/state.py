@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from synth_middleware._domain import clamp_reward
 from synth_middleware.backends.base import CandidateItem, CandidateStats, SessionState
 from synth_middleware.engine.evidence import EvidenceLedger
+from synth_middleware.engine.policy import epoch_length  # per reward: not a lazy import
 
 if TYPE_CHECKING:
     from synth_middleware.engine.policy import PolicyDecision, PolicySettings
@@ -400,16 +401,12 @@ class SessionStateMachine:
         cand = self.candidates.get(event.payload.get("candidate_id") or "")
         if cand is not None:
             cand.add_reward(value)
-            if cand.status == "active":
-                routing = self._routing
-                if routing is None:
-                    routing = self._new_epoch()
-                self.evidence.observe(cand.candidate_id, value, routing.get(cand.candidate_id))
-            else:
-                self.evidence.observe(None, value, None)
-        else:
+        if cand is not None and cand.status == "active":
+            routing = self._routing if self._routing is not None else self._new_epoch()
+            self.evidence.observe(cand.candidate_id, value, routing.get(cand.candidate_id))
+        else:  # advances the period and the control variate only
             self.evidence.observe(None, value, None)
-        if self.reward_count - self._routing_at >= _epoch_length(self._routing_at):
+        if self.reward_count - self._routing_at >= epoch_length(self._routing_at):
             self._new_epoch()
 
     def _on_session_status(self, event: Event) -> None:
@@ -572,12 +569,6 @@ class SessionStateMachine:
         st._pbest = dict(data["pbest"]) if data.get("pbest") is not None else None
         st._routing_at = int(data.get("routing_at") or 0)
         return st
-
-
-def _epoch_length(reward_count: int) -> int:
-    from synth_middleware.engine.policy import epoch_length
-
-    return epoch_length(reward_count)
 
 
 _HANDLERS: dict[str, Callable[[SessionStateMachine, Event], None]] = {

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from synth_middleware.demos._answers import json_string_values
 from synth_middleware.demos.classify.data import Example, LabelledData, load_labelled
 
 __all__ = [
@@ -99,21 +100,14 @@ class LabelMatcher:
         hit = self._whole(answer)
         if hit is not None:
             return hit
-        text = answer.strip()
-        if text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = None
-            if isinstance(data, dict):
-                values = [data[k] for k in _ANSWER_KEYS if isinstance(data.get(k), str)]
-                values += [v for v in data.values() if isinstance(v, str)]
-                for value in values:
-                    hit = self._whole(value)
-                    if hit is not None:
-                        return hit
-                return None
-        padded = f" {_norm(text)} "
+        values = json_string_values(answer, _ANSWER_KEYS)
+        if values is not None:
+            for value in values:
+                hit = self._whole(value)
+                if hit is not None:
+                    return hit
+            return None
+        padded = f" {_norm(answer.strip())} "
         for cand in self._search:
             if f" {cand} " in padded:
                 return self._normed[cand]

@@ -20,9 +20,10 @@ label is read from the output (:func:`label_of`).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
+
+from synth_middleware.demos._answers import json_string_values
 
 __all__ = [
     "LabelSet",
@@ -152,37 +153,19 @@ def label_of(output: str, labels: Sequence[str] | LabelSet) -> str | None:
     """The known label an answer names: a JSON object's ``intent``/``label``/... value
     (or any string value), else the text itself, else a label named inside the text."""
     known = labels if isinstance(labels, LabelSet) else LabelSet(labels)
-    text = output.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            values = [data[k] for k in _LABEL_KEYS if isinstance(data.get(k), str)]
-            values += [v for v in data.values() if isinstance(v, str)]
-            for value in values:
-                hit = known.match(value)
-                if hit is not None:
-                    return hit
-            return None
-    return known.match(text)
+    values = json_string_values(output, _LABEL_KEYS)
+    if values is not None:
+        for value in values:
+            hit = known.match(value)
+            if hit is not None:
+                return hit
+        return None
+    return known.match(output.strip())
 
 
 def json_label_values(output: str) -> list[str]:
     """The string values of a JSON object answer (``{"intent": "x"}`` -> ``["x"]``)."""
-    text = output.strip()
-    if not text.startswith("{"):
-        return []
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return []
-    if not isinstance(data, dict):
-        return []
-    keys = [k for k in _LABEL_KEYS if isinstance(data.get(k), str)]
-    keys += [k for k, v in data.items() if isinstance(v, str) and k not in keys]
-    return [str(data[k]) for k in keys]
+    return json_string_values(output, _LABEL_KEYS) or []
 
 
 def example_blocks(text: str) -> list[tuple[str, str]]:
