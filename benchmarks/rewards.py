@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from synth_middleware.client.reporter import RewardReporter, all_reporters
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = "bench-rewards"
+SID_LIVE = "bench-rewards-live"  # with challengers: evidence and routing epochs
 BASELINE = "You are a support assistant. Classify the customer's request."
 
 _SERVER = """
@@ -58,14 +60,16 @@ server.stop()
 """
 
 
-def _records(n: int, tag: str) -> list[dict[str, Any]]:
+def _records(
+    n: int, tag: str, session: str = SID, candidates: Sequence[str | None] = (None,)
+) -> list[dict[str, Any]]:
     now = time.time()
     return [
         {
             "idempotency_key": f"{tag}-{i}-{os.urandom(8).hex()}",
             "rollout_id": f"ro-{tag}-{i}",
-            "session_id": SID,
-            "candidate_id": None,
+            "session_id": session,
+            "candidate_id": candidates[i % len(candidates)],
             "value": (i % 10) / 10,
             "created_at": now,
         }
@@ -81,11 +85,19 @@ def _proc_cpu(pid: int) -> float:
 
 
 def _deliver(
-    backend: Any, n: int, tag: str, server_pid: int | None = None, **options: Any
+    backend: Any,
+    n: int,
+    tag: str,
+    server_pid: int | None = None,
+    *,
+    session: str = SID,
+    candidates: Sequence[str | None] = (None,),
+    **options: Any,
 ) -> tuple[float, float]:
     """(rewards per wall second, rewards per CPU second of client + server) from the
-    first ``add_reward`` until ``flush`` confirmed them all."""
-    records = _records(n, tag)
+    first ``add_reward`` until ``flush`` confirmed them all. ``candidates``: the
+    rewards go round-robin to these (``None``: the baseline)."""
+    records = _records(n, tag, session, candidates)
     rep = RewardReporter(backend, max_queue=max(n, 100_000), **options)
     try:
         c0 = _proc_cpu(os.getpid()) + (_proc_cpu(server_pid) if server_pid else 0.0)
@@ -180,6 +192,21 @@ def run(n: int, http_n: int, one_n: int) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"delivered to LocalBackend in-process ({n:,} rewards, batches of 500)",
+                _best(runs),
+            )
+        )
+        # a session with live challengers: the engine also keeps the promotion
+        # evidence per reward and recomputes routing (P(best) on a grid) per epoch
+        local.ensure_session(SID_LIVE, baseline=BASELINE)
+        live = [None, *(local.add_candidate(SID_LIVE, f"{BASELINE} ({i})") for i in range(6))]
+        _deliver(local, 2000, "lwarm", session=SID_LIVE, candidates=live)
+        runs = [
+            _deliver(local, n, f"live{i}", session=SID_LIVE, candidates=live) for i in range(3)
+        ]
+        rows.append(
+            (
+                f"delivered to LocalBackend in-process, baseline + 6 live challengers "
+                f"({n:,} rewards, batches of 500)",
                 _best(runs),
             )
         )
