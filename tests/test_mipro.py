@@ -3,6 +3,7 @@ Thompson choice, triggers, failures, and the end-to-end loop through the client.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Iterator
@@ -312,3 +313,58 @@ def test_many_empty_rounds_do_not_overflow_the_backoff() -> None:
         assert status["status"] != "error"
     finally:
         eng.close()
+
+
+def test_proposal_spacing_waits_for_twice_the_data() -> None:
+    """``online_proposal_spacing=2``: each proposal round waits until the generation's rewards
+    have doubled since the last proposal, and the runner records that count."""
+    prop = ScriptedProposer([0.5, 0.55, 0.6, 0.65, 0.7])
+    eng = make_engine(prop)
+    try:
+        cfg = {
+            **FAST,
+            "online_proposal_spacing": 2.0,
+            "instructions_per_batch": 1,
+            "demo_sets_per_batch": 0,
+            "max_demo_sets": 0,
+        }
+        eng.ensure_session(SID, baseline=BASELINE, kind="mipro_online", config=cfg)
+        simulate(eng, SID, Task(), 400, random.Random(8), step=step(eng), chunk=5)
+        state = eng.session_state(SID)
+        mine = sorted(
+            (c for c in state.candidates.values() if (c.metadata or {}).get("optimizer")),
+            key=lambda c: c.metadata["after_rewards"],
+        )
+        seen = [c.metadata["after_rewards"] for c in mine]
+        assert len(seen) >= 3, seen
+        assert seen[0] >= 20
+        for before, after in itertools.pairwise(seen):
+            assert after >= 2 * before, seen
+        assert state.optimizer["status"] == "spacing"
+    finally:
+        eng.close()
+
+
+def test_prompt_shows_as_many_examples_and_failures_as_configured() -> None:
+    """``proposer_max_examples`` / ``proposer_max_failures`` bound the rollouts a MIPRO
+    proposal prompt shows (distinct inputs; successes only above the lowest reward)."""
+    for n_good, n_bad in ((3, 8), (12, 20)):
+        prop = ScriptedProposer([0.6])
+        eng = make_engine(prop)
+        try:
+            cfg = {
+                **FAST,
+                "instructions_per_batch": 1,
+                "proposer_max_examples": n_good,
+                "proposer_max_failures": n_bad,
+            }
+            eng.ensure_session(SID, baseline=BASELINE, kind="mipro_online", config=cfg)
+            simulate(eng, SID, Task(), 200, random.Random(9))
+            eng.optimizer.step(SID)  # type: ignore[union-attr]
+            prompt = prop.prompts[0]
+            good, poor = prompt.split("EXAMPLES THAT SCORED POORLY")
+            assert good.count("# Example") == n_good
+            assert "## Reward\n0" not in good
+            assert poor.count("# Example") == n_bad
+        finally:
+            eng.close()

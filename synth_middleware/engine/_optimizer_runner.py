@@ -38,6 +38,7 @@ from synth_middleware.engine.config import parse_session_config
 from synth_middleware.engine.optimizers import OPTIMIZERS
 from synth_middleware.engine.optimizers.base import (
     RoundContext,
+    generation_rewards,
     optimizer_candidates,
     traces_from_records,
     trigger,
@@ -300,6 +301,7 @@ class OptimizerRunner:
                 pool=st.optimizer.get("pool") or {},
             )
             result = optimizer_cls().propose(ctx)
+            seen = generation_rewards(st)  # what the spacing of the next round counts from
             for p in result.proposals:
                 added.append(
                     engine.add_candidate(
@@ -307,7 +309,7 @@ class OptimizerRunner:
                         p.content,
                         payload=p.payload,
                         parent_id=p.parent_id,
-                        metadata=p.metadata,
+                        metadata={**p.metadata, "after_rewards": seen},
                     )
                 )
             error = result.error

@@ -161,6 +161,14 @@ class SessionConfig(BaseModel):
         ge=1,
         description="beyond this many active optimizer candidates, dormant ones are retired",
     )
+    online_proposal_spacing: float = Field(
+        1.0,
+        ge=1.0,
+        le=100.0,
+        description="a proposal round waits until the generation's rewards reach this multiple "
+        "of their count at the last proposal (2.0: proposals after 40, 80, 160, ... rewards, "
+        "each written from twice the data of the one before); 1.0: no spacing",
+    )
     online_history_rollouts: int = _int(
         2000, ge=10, description="recent rollouts an optimizer round reads"
     )
@@ -185,6 +193,18 @@ class SessionConfig(BaseModel):
         None,
         description="a trace is a demo candidate when its reward is at least this "
         "(default: the top of the observed rewards)",
+    )
+    proposer_max_examples: int = _int(
+        3,
+        ge=1,
+        description="high-reward rollouts (distinct inputs, highest first) shown in a MIPRO "
+        "instruction proposal prompt: what the instruction already gets right",
+    )
+    proposer_max_failures: int = _int(
+        8,
+        ge=1,
+        description="low-reward rollouts (distinct inputs, lowest first) shown in a MIPRO "
+        "instruction proposal prompt: what the new instruction must fix",
     )
     demo_format: Literal["text", "messages"] = Field(
         "text",

@@ -76,6 +76,25 @@ class DemoError(RuntimeError):
     """The demo cannot produce a meaningful result (the message says why and what to do)."""
 
 
+# How the demo's optimizer proposes (the session config it creates; --session-config
+# style overrides in DemoOptions.session_config win). A classification prompt over
+# tens of labels improves by describing the labels: each proposal is written from
+# the labelled traffic so far (up to 400 rollouts answered right and 400 answered
+# wrong), and proposals are spaced so that each sees twice the data of the one
+# before (after 40, 80, 160, ... rewards) instead of six thin ones in the first
+# hundred rollouts. MIPRO proposes instructions only here (no bootstrapped demo
+# sets: the instruction already carries labelled examples).
+PROPOSAL_CONFIG: dict[str, Any] = {
+    "online_proposal_spacing": 2.0,
+    "proposer_max_examples": 400,
+    "proposer_max_failures": 400,
+    "instructions_per_batch": 1,
+    "demo_sets_per_batch": 0,
+    "max_demo_sets": 0,
+    "reflection_minibatch_size": 40,
+}
+
+
 @dataclass
 class DemoOptions:
     """The demo's settings (the command's flags).
@@ -748,6 +767,7 @@ def run(
                 cfg: dict[str, Any] = {
                     "online_proposer_min_rollouts": opts.min_proposal_rollouts,
                     "proposer_model": proposer,
+                    **PROPOSAL_CONFIG,
                 }
                 if model.standin:
                     cfg["proposer_url"] = model.url

@@ -24,7 +24,8 @@ given the prompt (no randomness: the same prompt gets the same answer):
    :data:`MAX_KEYWORDS`); and ``P`` joins ``E``'s "Not to be confused with"
    list (at most :data:`MAX_CONTRASTS`). A rewarded rollout whose answer is
    right adds its query as an example of its label while the label has fewer
-   than two. Past :data:`MAX_CHARS` characters of instruction no example is
+   than half of :data:`MAX_EXAMPLES` (what the label covers, as an LLM
+   describing the labels from the examples it was shown would write). Past :data:`MAX_CHARS` characters of instruction no example is
    added (the engine keeps an instruction in 64 KiB of metadata).
 4. **Write** the instruction back: the parent's other text, then a
    ``Label guide`` section, one line per label with anything to say::
@@ -73,6 +74,10 @@ MAX_CONTRASTS = 4
 # The instruction it writes stays under this size (the engine keeps a proposal's instruction
 # in its metadata, at most 64 KiB): past it, no new examples are added.
 MAX_CHARS = 40_000
+_SLACK_CHARS = 2_000
+# Rollouts answered right add examples up to half the cap: failures keep room for the
+# cases the instruction must fix.
+_SUCCESS_EXAMPLES = MAX_EXAMPLES // 2
 _FENCE = re.compile(r"```[A-Za-z0-9_+\-]*\n?(.*?)```", re.S)
 _EXAMPLE = re.compile(r"(?m)^# Example \d+[ \t]*$")
 _SECTION = re.compile(r"(?m)^## (Input|Output|Reward|Expected|Feedback)[ \t]*$")
@@ -251,7 +256,9 @@ def _clean_query(query: str) -> str:
 
 def _reflect(guide: Guide, rollouts: Sequence[Rollout], known: LabelSet) -> None:
     top = max((r.reward for r in rollouts if r.reward is not None), default=None)
-    budget = MAX_CHARS - len(guide.render(known.labels)) - 200 * len(rollouts)
+    # what the examples added below may take (keywords and "not to be confused" lines are
+    # short; the slack covers them)
+    budget = MAX_CHARS - len(guide.render(known.labels)) - _SLACK_CHARS
     for r in rollouts:
         query = _clean_query(extract_query(r.query, known))
         if not query:
@@ -268,7 +275,11 @@ def _reflect(guide: Guide, rollouts: Sequence[Rollout], known: LabelSet) -> None
         )
         entry = guide.entries.setdefault(expected, Entry())
         if not failed:
-            if len(entry.examples) < 2 and query not in entry.examples and budget > len(query):
+            if (
+                len(entry.examples) < _SUCCESS_EXAMPLES
+                and query not in entry.examples
+                and budget > len(query)
+            ):
                 entry.examples.append(query)
                 budget -= len(query) + 4
             continue

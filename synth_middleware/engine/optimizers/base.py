@@ -13,7 +13,10 @@ wait, in this order:
 it is not ``running``, ``waiting_for_rollouts`` (fewer than
 ``online_proposer_min_rollouts`` rewards in the current generation),
 ``max_candidates`` (``online_proposer_max_candidates`` reached this
-generation), ``live_limit`` (``online_max_live_candidates`` optimizer
+generation), ``spacing`` (fewer than ``online_proposal_spacing`` times the
+generation's rewards at the last proposal: each proposal is written from
+more data than the one before, and the family's error budget is not spent on
+a burst of early, thinly informed candidates), ``live_limit`` (``online_max_live_candidates`` optimizer
 candidates active), ``evaluating`` (``online_parallel_trials`` candidates
 still short of ``online_rollouts_per_candidate`` rewards).
 
@@ -48,6 +51,7 @@ __all__ = [
     "RoundContext",
     "RoundResult",
     "Trace",
+    "generation_rewards",
     "instance_key",
     "instruction_of",
     "optimizer_candidates",
@@ -191,6 +195,13 @@ def optimizer_candidates(state: SessionStateMachine) -> list[CandidateState]:
     ]
 
 
+def generation_rewards(state: SessionStateMachine) -> int:
+    """Rewards of the current generation's candidates (what ``after_rewards`` records)."""
+    return sum(
+        c.reward_count for c in state.candidates.values() if c.generation == state.generation
+    )
+
+
 def trigger(
     state: SessionStateMachine, cfg: SessionConfig, decision: PolicyDecision | None = None
 ) -> str | None:
@@ -201,12 +212,16 @@ def trigger(
         return "disabled"
     if state.status != "running":
         return state.status
-    gen = [c for c in state.candidates.values() if c.generation == state.generation]
-    if sum(c.reward_count for c in gen) < cfg.online_proposer_min_rollouts:
+    rewards = generation_rewards(state)
+    if rewards < cfg.online_proposer_min_rollouts:
         return "waiting_for_rollouts"
     mine = optimizer_candidates(state)
     if len(mine) >= cfg.online_proposer_max_candidates:
         return "max_candidates"
+    if cfg.online_proposal_spacing > 1.0 and mine:
+        last = max(_after_rewards(c) for c in mine)
+        if rewards < cfg.online_proposal_spacing * last:
+            return "spacing"
     verdicts = (decision or state.policy()).verdicts
     dormant = {cid for cid, v in verdicts.items() if v.p_best < cfg.online_dormant_probability}
     live = [c for c in mine if c.status == "active" and c.candidate_id not in dormant]
@@ -216,6 +231,12 @@ def trigger(
     if len(pending) >= cfg.online_parallel_trials:
         return "evaluating"
     return None
+
+
+def _after_rewards(cand: CandidateState) -> int:
+    meta = cand.metadata if isinstance(cand.metadata, Mapping) else {}
+    value = meta.get("after_rewards")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @dataclass(slots=True)

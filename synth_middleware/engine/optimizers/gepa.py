@@ -243,7 +243,7 @@ class GepaOptimizer(Optimizer):
             ):
                 seen.add(t.input)
                 mine.append(t)
-            if len(mine) >= _RECENT_PER_PARENT:
+            if len(mine) >= max(_RECENT_PER_PARENT, 2 * size):
                 break
         if len(mine) <= size:
             return mine

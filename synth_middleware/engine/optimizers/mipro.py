@@ -9,10 +9,12 @@ After ``online_proposer_min_rollouts`` rewards, each round:
    traces (reward >= ``demo_min_reward``, default the upper quartile of the
    traced rewards and above the lowest), and ``instructions_per_batch``
    instructions from the proposer model, each prompted with a dataset
-   summary built from observed inputs, the current best instruction, a few
-   high-reward examples, the low-reward ones with their expected answers
-   (what the instruction must fix) and a randomly drawn tip (MIPROv2's
-   grounded proposal). No proposer configured: demo sets only. No traces (the client
+   summary built from observed inputs, the current best instruction, the
+   high-reward examples (``proposer_max_examples``, default 3), the low-reward
+   ones with their expected answers (``proposer_max_failures``, default 8:
+   what the instruction must fix) and a randomly drawn tip (MIPROv2's
+   grounded proposal). Raising both lets one proposal describe most of a
+   large label set, at the cost of a longer proposer prompt. No proposer configured: demo sets only. No traces (the client
    runs with ``send_traces=False``): no demos and nothing about the data
    in the prompt.
 2. **Choice.** Factored Thompson sampling: every instruction and every demo
@@ -63,8 +65,6 @@ from synth_middleware.engine.proposer import (
 __all__ = ["MiproOptimizer", "render_candidate"]
 
 _DEMO_CHARS = 1500
-_PROMPT_EXAMPLES = 3
-_PROMPT_FAILURES = 8
 
 
 def _norm(text: str) -> str:
@@ -217,8 +217,8 @@ class MiproOptimizer(Optimizer):
         elif len(pool["instructions"]) - 1 < cfg.max_instructions:
             current = self._current_instruction(ctx, pool)
             summary = dataset_summary(traced)
-            examples = self._examples(traced)
-            failures = self._failures(traced)
+            examples = self._examples(traced, cfg.proposer_max_examples)
+            failures = self._failures(traced, cfg.proposer_max_failures)
             known = {_norm(i["text"]) for i in pool["instructions"]}
             for _ in range(cfg.instructions_per_batch):
                 if len(pool["instructions"]) - 1 >= cfg.max_instructions:
@@ -275,8 +275,13 @@ class MiproOptimizer(Optimizer):
         return out
 
     @staticmethod
-    def _examples(traced: Sequence[Trace]) -> list[Trace]:
+    def _examples(traced: Sequence[Trace], limit: int) -> list[Trace]:
+        """Up to ``limit`` (``proposer_max_examples``) rollouts with distinct inputs that
+        scored above the lowest reward seen, highest first."""
         rewarded = [t for t in traced if t.reward is not None]
+        if len({t.reward for t in rewarded}) > 1:
+            low = min(t.reward for t in rewarded)  # type: ignore[type-var]
+            rewarded = [t for t in rewarded if t.reward > low]  # type: ignore[operator]
         rewarded.sort(key=lambda t: -(t.reward or 0.0))
         out: list[Trace] = []
         seen: set[str] = set()
@@ -285,13 +290,13 @@ class MiproOptimizer(Optimizer):
                 continue
             seen.add(t.input or "")
             out.append(t)
-            if len(out) >= _PROMPT_EXAMPLES:
+            if len(out) >= limit:
                 break
         return out
 
     @staticmethod
-    def _failures(traced: Sequence[Trace]) -> list[Trace]:
-        """Up to ``_PROMPT_FAILURES`` recent rollouts with distinct inputs whose reward is
+    def _failures(traced: Sequence[Trace], limit: int) -> list[Trace]:
+        """Up to ``limit`` (``proposer_max_failures``) recent rollouts with distinct inputs whose reward is
         below the best seen, lowest first (what the proposer should learn from)."""
         rewarded = [t for t in traced if t.reward is not None]
         if not rewarded:
@@ -305,7 +310,7 @@ class MiproOptimizer(Optimizer):
                 continue
             seen.add(t.input or "")
             out.append(t)
-            if len(out) >= _PROMPT_FAILURES:
+            if len(out) >= limit:
                 break
         return out
 
