@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
-from synth_middleware._domain import feedback_error, reward_error
 from synth_middleware._ids import random_hex
 from synth_middleware._tokens import decode_token, looks_like_token
 from synth_middleware.client import registry
@@ -18,6 +17,7 @@ from synth_middleware.client.session import all_runtimes
 from synth_middleware.errors import SynthError
 from synth_middleware.rollout import Rollout, may_name_rollout
 from synth_middleware.settings import settings
+from synth_middleware.wire import feedback_error, reward_error
 
 
 def reward(

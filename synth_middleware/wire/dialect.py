@@ -46,9 +46,7 @@ def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     return env.get(API_KEY_VAR) or None
 
 
-def request_headers(
-    api_key: str | None, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def request_headers(api_key: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The headers of every request: ``Accept``, ``User-Agent``, then ``extra`` (which
     replaces a default of the same name, in any case), then the key as both
     ``Authorization: Bearer`` and ``X-API-Key`` (hosted API and our server accept either)."""

@@ -78,7 +78,9 @@ def parse_reward(index: int, record: object, now: float) -> ValidReward | Reward
     key = record.get("idempotency_key")
     shown_key = key if isinstance(key, str) else ""
     if not is_id(key):
-        return rejected(shown_key, f"idempotency_key must be a non-empty string (max {MAX_ID_CHARS} chars)")
+        return rejected(
+            shown_key, f"idempotency_key must be a non-empty string (max {MAX_ID_CHARS} chars)"
+        )
     rollout_id = record.get("rollout_id")
     if not is_id(rollout_id):
         return rejected(key, f"rollout_id must be a non-empty string (max {MAX_ID_CHARS} chars)")
