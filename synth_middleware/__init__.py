@@ -11,6 +11,7 @@ Importing this package imports no optional extra (server, FastAPI, Django).
 """
 
 from synth_middleware._tokens import TokenData, decode_token
+from synth_middleware._version import __version__
 from synth_middleware.client.rewards import flush, reward, stats
 from synth_middleware.client.wrap import wrap
 from synth_middleware.errors import (
@@ -23,8 +24,6 @@ from synth_middleware.errors import (
 )
 from synth_middleware.rollout import Rollout, current_rollout, rollout, rollout_of
 from synth_middleware.settings import Settings, configure, settings
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendError",

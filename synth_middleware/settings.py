@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-_URL_VARS = ("SYNTH_URL", "SYNTH_BACKEND_URL", "RUST_BACKEND_URL")
+from synth_middleware.wire.dialect import api_key_from_env, url_from_env
 
 
 def _env_float(name: str, default: float) -> float:
@@ -33,10 +33,8 @@ def _env_float(name: str, default: float) -> float:
 class Settings:
     """Settings shared by every wrapped client in this process."""
 
-    backend_url: str | None = field(
-        default_factory=lambda: next((os.environ[v] for v in _URL_VARS if os.environ.get(v)), None)
-    )
-    api_key: str | None = field(default_factory=lambda: os.environ.get("SYNTH_API_KEY") or None)
+    backend_url: str | None = field(default_factory=url_from_env)
+    api_key: str | None = field(default_factory=api_key_from_env)
     db_path: str = field(default_factory=lambda: os.environ.get("SYNTH_DB") or ".synth/synth.db")
     token_secret: str | None = field(
         default_factory=lambda: os.environ.get("SYNTH_TOKEN_SECRET") or None

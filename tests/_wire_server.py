@@ -1,7 +1,7 @@
 """A recording wire-API server on loopback over a real engine, with faults on demand.
 
 It answers the routes :class:`~synth_middleware.backends.http.HttpBackend`
-calls (see that module's docstring) over an in-process
+calls (see ``docs/wire.md``) over an in-process
 :class:`~synth_middleware.engine.Engine`, and can misbehave on purpose:
 
 * ``refuse()`` / ``resume()``: stop listening (connections are refused) and

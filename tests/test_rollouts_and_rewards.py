@@ -186,15 +186,15 @@ async def test_asyncio_tasks_never_mix_rollouts(server, backend):
 def test_feedback_limit_is_the_same_bytes_everywhere() -> None:
     """Feedback is measured in UTF-8 bytes by reward() as by the engine: text that passes
     reward() is never refused later in the background (it once counted characters)."""
-    from synth_middleware._domain import MAX_FEEDBACK_BYTES, feedback_error
-    from synth_middleware.engine.engine import _parse_reward
+    from synth_middleware.wire import MAX_FEEDBACK_BYTES, feedback_error
+    from synth_middleware.wire.records import parse_reward
 
     wide = "é" * (MAX_FEEDBACK_BYTES // 2 + 1)  # under the limit in characters, over in bytes
     assert len(wide) < MAX_FEEDBACK_BYTES and feedback_error(wide) is not None
     with pytest.raises(ValueError, match="bytes"):
         synth.reward("ro_" + "0" * 24, 1.0, feedback=wide)
     rec = {"idempotency_key": "k", "rollout_id": "r", "value": 1.0, "feedback": wide}
-    assert _parse_reward(0, rec, 0.0)["status"] == "rejected"  # type: ignore[index]
+    assert parse_reward(0, rec, 0.0)["status"] == "rejected"  # type: ignore[index]
     fits = "é" * (MAX_FEEDBACK_BYTES // 2)
     assert feedback_error(fits) is None
-    assert not isinstance(_parse_reward(0, {**rec, "feedback": fits}, 0.0), dict)
+    assert not isinstance(parse_reward(0, {**rec, "feedback": fits}, 0.0), dict)

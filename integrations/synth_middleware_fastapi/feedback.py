@@ -24,6 +24,7 @@ from synth_middleware.client._web import (
     too_large,
 )
 from synth_middleware.rollout import Rollout, current_rollout
+from synth_middleware.wire import MAX_ABS_REWARD, MAX_FEEDBACK_BYTES
 from synth_middleware_fastapi.middleware import SCOPE_CONFIG, STATE_ROLLOUT
 
 AuthCheck = Callable[[Request, TokenData], "bool | Awaitable[bool]"]
@@ -65,11 +66,13 @@ _FEEDBACK_SCHEMA: dict[str, Any] = {
                         },
                         "reward": {
                             "type": "number",
-                            "minimum": -1e6,
-                            "maximum": 1e6,
+                            "minimum": -MAX_ABS_REWARD,
+                            "maximum": MAX_ABS_REWARD,
                             "description": "the reward: finite, within +-1e6",
                         },
-                        "feedback": {"type": "string", "maxLength": 65536},
+                        # maxLength counts characters; the limit is in UTF-8 bytes, which
+                        # the endpoint checks (this bound holds for ASCII text)
+                        "feedback": {"type": "string", "maxLength": MAX_FEEDBACK_BYTES},
                         "metadata": {"type": "object"},
                     },
                 }

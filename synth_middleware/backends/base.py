@@ -1,103 +1,37 @@
 """The one interface every backend implements.
 
 Backends are called from background threads (cache refresh, reward delivery)
-and from explicit user calls, never on the request path. Dictionaries keep the
-wire API's shape (``../shared/reference/synth-wire-api.md``) so that the local
-engine, our server and the hosted API are interchangeable.
+and from explicit user calls, never on the request path. The dictionaries they
+take and return are the wire types of :mod:`synth_middleware.wire.types`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
-SessionKind = Literal["mipro_online", "gepa_online"]
+# The wire types live in the bottom layer (the engine and the server use them without
+# importing a backend); re-exported here so that the old import paths keep working.
+from synth_middleware.wire.types import (
+    CandidateItem,
+    CandidateStats,
+    RewardRecord,
+    RewardResult,
+    RolloutRecord,
+    SessionKind,
+    SessionState,
+)
 
-
-class CandidateStats(TypedDict):
-    """Per-candidate statistics as they appear in a session state."""
-
-    candidate_id: str
-    avg_reward: float | None
-    rollout_count: int
-    reward_count: int
-    reward_m2: float  # sum of squared deviations (Welford); variance = m2 / (n - 1)
-    is_baseline: bool
-    status: str  # "active" | "archived"
-    parent_id: str | None
-
-
-class CandidateItem(TypedDict, total=False):
-    """A candidate as listed or fetched (wire shape plus our extensions)."""
-
-    candidate_id: str
-    candidate_content: str | None
-    artifact_payload: Any
-    status: str
-    avg_reward: float | None
-    rollout_count: int
-    reward_count: int
-    parent_id: str | None
-    is_baseline: bool
-    created_at: float
-    generation: int
-
-
-class SessionState(TypedDict, total=False):
-    """The session state in the wire reference's shape (plus extensions)."""
-
-    session_id: str
-    kind: str
-    status: str
-    version: int
-    rollout_count: int
-    reward_count: int
-    best_candidate_id: str | None
-    best_reward: float | None
-    best_objective_value: float | None
-    baseline_candidate_id: str | None
-    generation: int  # bumped when the app's own prompt changes
-    candidates: list[CandidateStats]
-    policy: dict[str, Any]  # selection policy: P(best) per candidate, leader, evidence
-    optimizer: dict[str, Any]  # optimizer status: status, last_error, proposals, malformed
-    reward_range: list[float] | None  # [min, max] of the rewards seen
-
-
-class RolloutRecord(TypedDict):
-    """One rollout as the client reports it (batched, never on the request path)."""
-
-    session_id: str
-    rollout_id: str
-    candidate_id: str | None
-    created_at: float
-    key: NotRequired[str | None]
-    metadata: NotRequired[Mapping[str, Any] | None]
-    bucket: NotRequired[str | None]
-    input: NotRequired[Any]
-    output: NotRequired[Any]
-    model: NotRequired[str | None]
-
-
-class RewardRecord(TypedDict):
-    """One reward. ``idempotency_key`` makes redelivery harmless."""
-
-    idempotency_key: str
-    rollout_id: str
-    value: float
-    created_at: float
-    session_id: NotRequired[str | None]
-    candidate_id: NotRequired[str | None]
-    feedback: NotRequired[str | None]
-    metadata: NotRequired[Mapping[str, Any] | None]
-    stop: NotRequired[bool]
-
-
-class RewardResult(TypedDict):
-    """Per-reward answer of ``record_rewards``: ``accepted``, ``duplicate`` or ``rejected``."""
-
-    idempotency_key: str
-    status: Literal["accepted", "duplicate", "rejected"]
-    error: NotRequired[str | None]
+__all__ = [
+    "Backend",
+    "CandidateItem",
+    "CandidateStats",
+    "RewardRecord",
+    "RewardResult",
+    "RolloutRecord",
+    "SessionKind",
+    "SessionState",
+]
 
 
 @runtime_checkable

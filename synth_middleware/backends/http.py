@@ -7,121 +7,16 @@
     backend = HttpBackend("https://api.usesynth.ai", api_key=os.environ["SYNTH_API_KEY"])
     client = synth.wrap(openai.OpenAI(), session="support-classifier", backend=backend)
 
-Both speak the dialect of ``../shared/reference/synth-wire-api.md`` to the
-hosted API or to our own server (``synth-middleware serve``), which answers the
-same routes. They send the newest routes and fall back to the older ones when
-the server does not know a route. One pooled ``httpx`` client per backend
-(HTTP/1.1 keep-alive); every request carries ``Authorization: Bearer <key>``
-and ``X-API-Key: <key>``. The key is never logged and ``repr`` masks it.
-The backends do not retry: the reward reporter retries with backoff, and the
-candidate cache keeps serving the last good candidates.
-
-Routes and bodies (our server implements exactly these)
---------------------------------------------------------
-All paths are under ``base_url`` (which may carry a path prefix); ids in paths
-are percent-encoded. Bodies are JSON (``allow_nan=False``).
-
-``ensure_session(session_id, baseline=, kind=)``
-    ``POST /api/v1/online/sessions`` with
-    ``{"session_id", "kind", "system": {"name": session_id},
-    "baseline": <text>, "metadata": {"baseline_prompt": <text>}}``
-    (``baseline``/``metadata`` only when a baseline is given; ``baseline`` is
-    our extension, ``metadata.baseline_prompt`` the same text for a hosted API
-    that only keeps metadata). Our server treats the POST as *ensure*: it
-    creates the session or, for an existing one whose baseline differs, records
-    a prompt change, and answers 200 with the create fields
-    (``session_id, correlation_id, proxy_url, online_url,
-    chat_completions_url``, ...). When that answer also carries the session
-    state (a ``candidates`` list) it is used as is; otherwise, or when the
-    server says 409 (exists), the client reads the state with the ``GET`` below.
-
-``get_state(session_id)``
-    ``GET /api/v1/online/sessions/{id}`` -> ``{session_id, kind, status, version,
-    rollout_count, reward_count, best_candidate_id, best_reward,
-    best_objective_value, baseline_candidate_id, generation, candidates:
-    [{candidate_id, avg_reward, rollout_count, reward_count, reward_m2,
-    is_baseline, status, parent_id}]}``. Fallback when the route is missing:
-    ``GET /api/prompt-learning/online/mipro/systems/{id}/state`` (candidates as a
-    ``{cid: {...}}`` map), normalised to the same shape.
-
-``list_candidates(session_id, status=, limit=, cursor=, sort=, include=)``
-    ``GET /api/v1/systems/{id}/candidates?limit=&cursor=&status=&sort=&include=``
-    (``include`` comma-separated; absent parameters are not sent) ->
-    ``{items, next_cursor, system_id, job_id, algorithm, mode, sort}``.
-
-``get_candidate(candidate_id)``
-    ``GET /api/v1/candidates/{candidate_id}`` -> the candidate item.
-
-``record_rewards(rewards)``
-    *Batch* (our server): ``POST /api/v1/rewards/batch`` with
-    ``{"rewards": [item, ...]}`` where ``item`` is the reward record as the
-    engine takes it, ``{"idempotency_key", "rollout_id", "value", "created_at",
-    "session_id"?, "candidate_id"?, "feedback"?, "metadata"?, "stop"?}``
-    (absent or ``null`` fields are left out; ``session_id`` is absent when the
-    reward names only its rollout). Answer 200 ``{"results": [{"idempotency_key", "status":
-    "accepted"|"duplicate"|"rejected", "error"?}, ...]}``, one per item, in
-    order; a rejected item never affects the others. A batch is not scoped to
-    a session because one reporter delivers every session of a backend and a
-    reward may name only its rollout. Support is discovered on first use: any
-    404/405 on the batch route (whatever its body says; a server lacking the
-    route answers in its own words) switches this backend to one request per
-    reward, and the batch route is probed again
-    every ``batch_probe_interval`` seconds (default 300). A whole batch refused
-    with 400/413/422 is split in halves by the reward reporter until the
-    offending reward is alone; a lone reward the batch route refuses with
-    400/422 is then tried on the per-reward route, so no 4xx of the batch route
-    drops a reward the per-reward route takes. The reporter sends at most
-    ``batch_size`` (default 500) rewards per batch.
-
-    *One per reward* (the hosted API): ``POST /api/v1/online/sessions/{id}/reward``
-    with header ``Idempotency-Key: <key>`` and body
-    ``{"reward_info": {"score": <value>, "feedback"?: <text>}, "rollout_id",
-    "candidate_id", "metadata"?, "stop"?: true, "idempotency_key",
-    "created_at"}``, pipelined by a pool of ``pool_size`` threads. 2xx is
-    ``accepted`` (``duplicate`` when the body says ``"status": "duplicate"``);
-    a 4xx other than 408/429 is that reward's ``rejected`` result with the
-    server's message; 408/429/5xx and network errors are transient. A reward
-    whose ``session_id`` is ``None`` takes the session of its rollout from the
-    rollouts this backend has seen; if unknown it is rejected locally.
-    Fallback when the route is missing (older API): ``POST
-    /api/prompt-learning/online/mipro/systems/{id}/status`` with
-    ``{"rollout_id", "status": "reward", "reward": <value>, "candidate_id"}``,
-    then ``{"rollout_id", "status": "done"}`` (best effort: the reward is in).
-    The rollout lifecycle of the newest dialect is the reward itself
-    (``stop: true`` completes the session).
-
-``record_rollouts(rollouts)``
-    ``POST /api/v1/rollouts/batch`` with ``{"rollouts": [RolloutRecord, ...]}``
-    -> 200 ``{"accepted", "duplicates", "supplemented", "skipped", "errors":
-    [{"index", "error"}]}``. Discovered like the reward batch; when the server
-    lacks it (the hosted API learns rollouts from rewards and its proxy) this
-    is a no-op that only remembers ``rollout_id -> session_id``.
-
-Errors
-    Answers with status >= 400 raise :class:`~synth_middleware.errors.NotFoundError`
-    (404), :class:`~synth_middleware.errors.InvalidRequestError` (other 4xx
-    except 408/429) or :class:`~synth_middleware.errors.BackendError`
-    (408, 429, 5xx; ``retryable``), carrying ``status``, the server's message
-    and ``code`` (from ``{"error": {"message", "code"}}``, ``{"detail": ...}``
-    or ``{"message": ...}``) and ``retry_after`` in seconds (``Retry-After`` as
-    seconds or an HTTP date; ``None`` when absent). Network errors and timeouts
-    raise ``BackendError`` with ``status=None`` (retryable). Our server answers
-    errors as ``{"error": {"code", "message"}}``; a missing resource carries a
-    specific code (``session_not_found``, ``candidate_not_found``, ...).
-
-Route missing
-    A 405, or a 404 whose body names no specific error (no JSON, the framework
-    default ``{"detail": "Not Found"}``, or our server's
-    ``{"error": {"code": "not_found", "message": "no route ..."}}``), means the
-    server lacks the route; a 404 with a specific code (``session_not_found``)
-    or message means the resource is missing. Only the former triggers a
-    fallback.
+Both speak the dialect described in ``docs/wire.md`` (routes, bodies, fallbacks to
+the older routes, errors) to the hosted API or to our own server. The request
+logic is sans-IO (``_Dialect``: generators of requests); the two classes only
+send. The shared, client-independent part (headers, routes, ``Retry-After``)
+is :mod:`synth_middleware.wire.dialect`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import os
@@ -132,12 +27,29 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import httpcore  # noqa: F401  (imported by httpx lazily; see HttpBackend.__init__)
 import httpx
 
-from synth_middleware.backends.base import (
+from synth_middleware.errors import (
+    BackendError,
+    NotFoundError,
+    error_for_status,
+)
+from synth_middleware.wire.dialect import (
+    LEGACY_SYSTEMS,
+    REWARDS_BATCH,
+    ROLLOUTS_BATCH,
+    SESSIONS,
+    candidate_path,
+    candidates_path,
+    parse_retry_after,
+    request_headers,
+    reward_path,
+    segment,
+    session_path,
+)
+from synth_middleware.wire.types import (
     CandidateItem,
     RewardRecord,
     RewardResult,
@@ -145,22 +57,15 @@ from synth_middleware.backends.base import (
     SessionKind,
     SessionState,
 )
-from synth_middleware.errors import (
-    BackendError,
-    NotFoundError,
-    error_for_status,
-)
+from synth_middleware.wire.validate import encode_json
 
-__all__ = ["AsyncHttpBackend", "HttpBackend", "PartialDeliveryError"]
+# parse_retry_after: re-exported, its old import path
+__all__ = ["AsyncHttpBackend", "HttpBackend", "PartialDeliveryError", "parse_retry_after"]
 
 log = logging.getLogger("synth_middleware")
 
 T = TypeVar("T")
 
-SESSIONS = "/api/v1/online/sessions"
-REWARDS_BATCH = "/api/v1/rewards/batch"
-ROLLOUTS_BATCH = "/api/v1/rollouts/batch"
-LEGACY_SYSTEMS = "/api/prompt-learning/online/mipro/systems"
 MAX_REMEMBERED_ROLLOUTS = 50_000
 _RECORD_FIELDS = frozenset(
     (
@@ -176,7 +81,6 @@ _RECORD_FIELDS = frozenset(
     )
 )
 _GENERIC_NOT_FOUND = {"", "not found", "not_found", "404", "404 not found", "404: not found"}
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class PartialDeliveryError(BackendError):
@@ -215,7 +119,7 @@ class _Req:
     headers: dict[str, str] | None = None
 
     def content(self) -> bytes | None:
-        return None if self.body is None else _encode(self.body).encode()
+        return None if self.body is None else encode_json(self.body).encode()
 
 
 @dataclass(slots=True)
@@ -227,28 +131,6 @@ class _Resp:
 
 
 Op = Generator[_Req, _Resp, T]
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
-        return None
-    return max(0.0, seconds)
 
 
 def _message_and_code(resp: _Resp) -> tuple[str, str | None]:
@@ -267,14 +149,14 @@ def _message_and_code(resp: _Resp) -> tuple[str, str | None]:
     if message is None:
         message = resp.text
     if not isinstance(message, str):
-        message = _encode(message) if _jsonable(message) else str(message)
+        message = encode_json(message) if _jsonable(message) else str(message)
     message = message.strip()[:500]
     return message, (str(code) if code is not None else None)
 
 
 def _jsonable(value: Any) -> bool:
     try:
-        _encode(value)
+        encode_json(value)
     except (TypeError, ValueError):
         return False
     return True
@@ -303,10 +185,6 @@ def _error(resp: _Resp, what: str) -> BackendError:
 
 def _ok(resp: _Resp) -> bool:
     return 200 <= resp.status < 300
-
-
-def _p(segment: str) -> str:
-    return quote(segment, safe="")
 
 
 def _normalize_state(data: Any, session_id: str) -> SessionState:
@@ -411,17 +289,7 @@ class _Dialect:
         return f"{type(self).__name__}({self.base_url!r}, api_key={key!r})"
 
     def _headers(self) -> dict[str, str]:
-        from synth_middleware import __version__
-
-        h = {
-            "Accept": "application/json",
-            "User-Agent": f"synth-middleware/{__version__}",
-            **self._extra_headers,
-        }
-        if self._api_key:
-            h["Authorization"] = f"Bearer {self._api_key}"
-            h["X-API-Key"] = self._api_key
-        return h
+        return request_headers(self._api_key, self._extra_headers)
 
     @property
     def uses_batch(self) -> bool | None:
@@ -460,12 +328,12 @@ class _Dialect:
     def _op_get_state(self, session_id: str) -> Op[SessionState]:
         what = f"GET session {session_id!r}"
         if not self._legacy_state:
-            r = yield _Req("GET", f"{SESSIONS}/{_p(session_id)}")
+            r = yield _Req("GET", session_path(session_id))
             if _ok(r):
                 return _normalize_state(r.data, session_id)
             if not _route_missing(r):
                 raise _error(r, what)
-        r = yield _Req("GET", f"{LEGACY_SYSTEMS}/{_p(session_id)}/state")
+        r = yield _Req("GET", f"{LEGACY_SYSTEMS}/{segment(session_id)}/state")
         if _ok(r):
             self._legacy_state = True
             return _normalize_state(r.data, session_id)
@@ -511,7 +379,7 @@ class _Dialect:
         inc = include if isinstance(include, str) else ",".join(include)
         if inc:
             params["include"] = inc
-        r = yield _Req("GET", f"/api/v1/systems/{_p(session_id)}/candidates", params=params)
+        r = yield _Req("GET", candidates_path(session_id), params=params)
         if not _ok(r):
             raise _error(r, f"list candidates of {session_id!r}")
         data = r.data
@@ -520,7 +388,7 @@ class _Dialect:
         return dict(data)
 
     def _op_get_candidate(self, candidate_id: str) -> Op[CandidateItem]:
-        r = yield _Req("GET", f"/api/v1/candidates/{_p(candidate_id)}")
+        r = yield _Req("GET", candidate_path(candidate_id))
         if not _ok(r):
             raise _error(r, f"GET candidate {candidate_id!r}")
         data = r.data
@@ -606,9 +474,7 @@ class _Dialect:
             )
         headers = {"Idempotency-Key": key}
         if not self._legacy_reward:
-            r = yield _Req(
-                "POST", f"{SESSIONS}/{_p(sid)}/reward", _reward_body(rec), headers=headers
-            )
+            r = yield _Req("POST", reward_path(sid), _reward_body(rec), headers=headers)
             if _ok(r):
                 status = r.data.get("status") if isinstance(r.data, Mapping) else None
                 return {
@@ -620,7 +486,7 @@ class _Dialect:
                 if exc.retryable:
                     raise exc
                 return _rejected(key, str(exc))
-        legacy = f"{LEGACY_SYSTEMS}/{_p(sid)}/status"
+        legacy = f"{LEGACY_SYSTEMS}/{segment(sid)}/status"
         r = yield _Req(
             "POST",
             legacy,
@@ -662,7 +528,7 @@ class _Dialect:
                 continue
             item = {k: v for k, v in rec.items() if v is not None and k in _RECORD_FIELDS}
             try:
-                _encode(item)
+                encode_json(item)
             except (TypeError, ValueError) as exc:
                 results[i] = _rejected(
                     rec["idempotency_key"], f"reward is not JSON-serialisable (no NaN/inf): {exc}"

@@ -33,7 +33,6 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from synth_middleware._domain import feedback_error, reward_error
 from synth_middleware._tokens import TokenData, decode_token, encode_token
 from synth_middleware.client._evaluation import anchor
 from synth_middleware.client._otel import (
@@ -53,6 +52,7 @@ from synth_middleware.rollout import (
     new_rollout_id,
 )
 from synth_middleware.settings import settings
+from synth_middleware.wire import feedback_error, reward_error
 
 if TYPE_CHECKING:
     from contextvars import Token

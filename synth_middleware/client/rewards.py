@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
-from synth_middleware._domain import feedback_error, reward_error
 from synth_middleware._ids import random_hex
 from synth_middleware._tokens import decode_token, looks_like_token
 from synth_middleware.client import registry
@@ -18,6 +17,7 @@ from synth_middleware.client.session import all_runtimes
 from synth_middleware.errors import SynthError
 from synth_middleware.rollout import Rollout, may_name_rollout
 from synth_middleware.settings import settings
+from synth_middleware.wire import MAX_ID_CHARS, feedback_error, reward_error
 
 
 def reward(
@@ -37,7 +37,7 @@ def reward(
     background.
 
     ``value`` must be a finite real number with ``abs(value) <= 1e6``
-    (:data:`synth_middleware._domain.MAX_ABS_REWARD`; ``bool`` is not a
+    (:data:`synth_middleware.wire.limits.MAX_ABS_REWARD`; ``bool`` is not a
     number here): scale larger scores down. Raises ``ValueError`` at once for
     a value outside that domain, oversized feedback, or a target that names no
     rollout.
@@ -47,9 +47,11 @@ def reward(
     the same feedback token posted twice) is counted once.
     """
     if idempotency_key is not None and not (
-        isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
+        isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= MAX_ID_CHARS
     ):
-        raise ValueError("idempotency_key must be a non-empty string of at most 256 characters")
+        raise ValueError(
+            f"idempotency_key must be a non-empty string of at most {MAX_ID_CHARS} characters"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"reward value must be a real number, got {type(value).__name__}")
     problem = reward_error(value)

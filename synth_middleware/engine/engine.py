@@ -15,7 +15,6 @@ import binascii
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,21 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from synth_middleware._domain import (
-    MAX_TIMESTAMP,
-    MIN_TIMESTAMP,
-    as_reward,
-    as_timestamp,
-    feedback_error,
-    reward_error,
-)
-from synth_middleware.backends.base import (
-    CandidateItem,
-    RewardRecord,
-    RewardResult,
-    RolloutRecord,
-    SessionState,
-)
 from synth_middleware.engine.config import parse_session_config
 from synth_middleware.engine.state import (
     BASELINE_CHANGED,
@@ -54,8 +38,31 @@ from synth_middleware.engine.state import (
     Event,
     SessionStateMachine,
 )
-from synth_middleware.engine.store import CandidateRow, RolloutRow, Store, WriteTxn, encode_json
+from synth_middleware.engine.store import CandidateRow, RolloutRow, Store, WriteTxn
 from synth_middleware.errors import InvalidRequestError, NotFoundError
+from synth_middleware.wire.limits import MAX_CANDIDATE_BYTES, MAX_METADATA_BYTES
+from synth_middleware.wire.records import (
+    ValidReward,
+    ValidRollout,
+    parse_reward,
+    parse_rollout,
+    rejected,
+)
+from synth_middleware.wire.types import (
+    SESSION_KINDS,
+    CandidateItem,
+    RewardRecord,
+    RewardResult,
+    RolloutRecord,
+    SessionState,
+)
+from synth_middleware.wire.validate import (
+    encode_json,
+    is_id,
+    json_size,
+    utf8_len,
+    validate_session_id,
+)
 
 if TYPE_CHECKING:
     from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
@@ -64,14 +71,8 @@ logger = logging.getLogger("synth_middleware.engine")
 
 T = TypeVar("T")
 
-SESSION_KINDS = ("mipro_online", "gepa_online")
-MAX_ID_CHARS = 256
-MAX_METADATA_BYTES = 64 * 1024
-MAX_CANDIDATE_BYTES = 1024 * 1024
-MAX_ROLLOUT_DETAIL_BYTES = 256 * 1024
 SORT_FIELDS = ("avg_reward", "objective", "rollout_count", "created_at")
 DEFAULT_SORT = "created_at:asc"
-_SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 _CATCH_UP_PAGE = 10_000
 # Candidate -> session entries remembered by an engine (about 100 bytes each); past
 # this the map starts over, refilled from the store on demand.
@@ -108,79 +109,12 @@ class RolloutsResult:
     statuses: list[str] = field(default_factory=list)
 
 
-def validate_session_id(session_id: object) -> str:
-    """Return ``session_id`` if it is 1-200 chars of ``[A-Za-z0-9._:-]``, else raise
-    :class:`InvalidRequestError`."""
-    if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id):
-        shown = repr(session_id)
-        if len(shown) > 80:  # never log a 5,000-character name in full
-            shown = shown[:60] + f"... ({len(shown) - 2} characters)"
-        raise InvalidRequestError(
-            f"invalid session_id {shown}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
-        )
-    return session_id
-
-
-def _is_id(value: object) -> bool:
-    """A usable opaque id: non-empty str, bounded, storable as UTF-8, no NUL (PostgreSQL's
-    text cannot hold one)."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS or "\x00" in value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates
-        return False
-    return True
-
-
 def _is_placeholder(cand: CandidateState | None) -> bool:
     """A baseline created before the app's prompt was known (no text, no payload, no
     rewards): the first known prompt fills it instead of starting a new generation."""
     return (
         cand is not None and cand.content is None and cand.payload is None and not cand.reward_count
     )
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _json_size(value: Any, what: str, limit: int) -> int:
-    """Size of ``value`` as strict JSON; raise ``ValueError`` with a clear message if not JSON-able."""
-    try:
-        size = len(encode_json(value))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} is not JSON-serialisable (no NaN/inf): {exc}") from None
-    if size > limit:
-        raise ValueError(f"{what} is {size} bytes as JSON, over the {limit} byte limit")
-    return size
-
-
-@dataclass(slots=True)
-class _Reward:
-    index: int
-    key: str
-    rollout_id: str
-    value: float
-    created_at: float
-    session_id: str | None
-    candidate_id: str | None
-    feedback: str | None
-    metadata: dict[str, Any] | None
-    stop: bool
-
-
-@dataclass(slots=True)
-class _Rollout:
-    index: int
-    session_id: str
-    rollout_id: str
-    candidate_id: str | None
-    created_at: float
-    detail: dict[str, Any]
-    encoded: str  # ``detail`` as encode_json text: the event payload is spliced from it
 
 
 class _Batch:
@@ -464,7 +398,7 @@ class Engine:
         if baseline is not None:
             if not isinstance(baseline, str):
                 raise InvalidRequestError("baseline must be a string or None")
-            if _utf8_len(baseline) > MAX_CANDIDATE_BYTES:
+            if utf8_len(baseline) > MAX_CANDIDATE_BYTES:
                 raise InvalidRequestError(f"baseline is over {MAX_CANDIDATE_BYTES} bytes")
         if kind not in SESSION_KINDS:
             raise InvalidRequestError(f"kind must be one of {SESSION_KINDS}, not {kind!r}")
@@ -472,7 +406,7 @@ class Engine:
             raise InvalidRequestError("config must be a mapping")
         cfg = dict(config or {})
         try:
-            _json_size(cfg, "config", MAX_METADATA_BYTES)
+            json_size(cfg, "config", MAX_METADATA_BYTES)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
         parse_session_config(cfg, kind)  # known keys type-checked; the error names the key
@@ -615,7 +549,7 @@ class Engine:
                 raise NotFoundError(f"unknown session {session_id!r}", code="session_not_found")
             merged = dict(config) if replace else {**state.config, **config}
             try:
-                _json_size(merged, "config", MAX_METADATA_BYTES)
+                json_size(merged, "config", MAX_METADATA_BYTES)
             except ValueError as exc:
                 raise InvalidRequestError(str(exc)) from None
             parse_session_config(merged, state.kind)
@@ -642,7 +576,7 @@ class Engine:
         validate_session_id(session_id)
         body = dict(patch)
         try:
-            _json_size(body, "optimizer patch", MAX_CANDIDATE_BYTES)
+            json_size(body, "optimizer patch", MAX_CANDIDATE_BYTES)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
 
@@ -691,16 +625,16 @@ class Engine:
             raise InvalidRequestError("content must be a string or None")
         if content is None and payload is None:
             raise InvalidRequestError("a candidate needs content or a payload")
-        if parent_id is not None and not _is_id(parent_id):
+        if parent_id is not None and not is_id(parent_id):
             raise InvalidRequestError("parent_id must be a candidate id")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidRequestError("metadata must be a mapping")
         meta = dict(metadata) if metadata else None
         try:
-            if content is not None and _utf8_len(content) > MAX_CANDIDATE_BYTES:
+            if content is not None and utf8_len(content) > MAX_CANDIDATE_BYTES:
                 raise ValueError(f"content is over {MAX_CANDIDATE_BYTES} bytes")
-            _json_size(payload, "payload", MAX_CANDIDATE_BYTES)
-            _json_size(meta, "metadata", MAX_METADATA_BYTES)
+            json_size(payload, "payload", MAX_CANDIDATE_BYTES)
+            json_size(meta, "metadata", MAX_METADATA_BYTES)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
 
@@ -762,7 +696,7 @@ class Engine:
     def candidate_session(self, candidate_id: str) -> str | None:
         """The session a candidate belongs to, ``None`` if unknown. A candidate never
         moves, so a known answer is kept in memory (no store read, no store lock)."""
-        if not _is_id(candidate_id):
+        if not is_id(candidate_id):
             return None
         session_id = self._candidate_sessions.get(candidate_id)
         if session_id is None:  # not seen yet: maybe added by another process or replica
@@ -773,7 +707,7 @@ class Engine:
 
     def get_candidate(self, candidate_id: str) -> CandidateItem:
         """One candidate with content, payload and statistics; :class:`NotFoundError` if unknown."""
-        if not _is_id(candidate_id):
+        if not is_id(candidate_id):
             raise NotFoundError(f"unknown candidate {candidate_id!r}", code="candidate_not_found")
         session_id = self.candidate_session(candidate_id)
         with self._locked():
@@ -852,11 +786,11 @@ class Engine:
         """
         statuses = [ROLLOUT_SKIPPED] * len(records)
         result = RolloutsResult(statuses=statuses)
-        parsed: list[_Rollout] = []
+        parsed: list[ValidRollout] = []
         now = time.time()
         for i, record in enumerate(records):
             try:
-                parsed.append(_parse_rollout(i, record, now))
+                parsed.append(parse_rollout(i, record, now))
             except ValueError as exc:
                 result.errors.append((i, str(exc)))
         if parsed:
@@ -938,11 +872,11 @@ class Engine:
         is created now. ``stop: true`` marks the session ``completed``.
         """
         results: list[RewardResult | None] = [None] * len(records)
-        parsed: list[_Reward] = []
+        parsed: list[ValidReward] = []
         now = time.time()
         for i, record in enumerate(records):
-            item = _parse_reward(i, record, now)
-            if isinstance(item, _Reward):
+            item = parse_reward(i, record, now)
+            if isinstance(item, ValidReward):
                 parsed.append(item)
             else:
                 results[i] = item
@@ -971,7 +905,7 @@ class Engine:
                     if skey != scoped[r.index]:  # its rollout was created earlier in this batch
                         seqs.update(txn.reward_key_seqs([skey]))
                     if row is not None and r.session_id not in (None, row.session_id):
-                        results[r.index] = _rejected(
+                        results[r.index] = rejected(
                             r.key,
                             f"rollout {r.rollout_id!r} belongs to another session, "
                             f"not {r.session_id!r}",
@@ -985,7 +919,7 @@ class Engine:
                         else:
                             first = None  # stored before keys were scoped: not compared
                         if first is not None and first != (r.rollout_id, r.value):
-                            results[r.index] = _rejected(
+                            results[r.index] = rejected(
                                 r.key,
                                 f"{IDEMPOTENCY_CONFLICT}: this idempotency_key was used for "
                                 f"another reward (rollout {first[0]!r}, value {first[1]!r}); "
@@ -998,12 +932,12 @@ class Engine:
                     if row is None:
                         row, state, error = self._implicit_rollout(batch, r)
                         if row is None or state is None:
-                            results[r.index] = _rejected(r.key, error)
+                            results[r.index] = rejected(r.key, error)
                             continue
                         known[r.rollout_id] = row
                         new_rollouts.append(row)
                     elif state is None:  # cannot happen with a consistent store
-                        results[r.index] = _rejected(r.key, f"unknown session {row.session_id!r}")
+                        results[r.index] = rejected(r.key, f"unknown session {row.session_id!r}")
                         continue
                     payload: dict[str, Any] = {
                         "idempotency_key": r.key,
@@ -1043,7 +977,7 @@ class Engine:
         return None
 
     def _implicit_rollout(
-        self, batch: _Batch, r: _Reward
+        self, batch: _Batch, r: ValidReward
     ) -> tuple[RolloutRow | None, SessionStateMachine | None, str]:
         unknown = (
             f"unknown rollout_id {r.rollout_id!r} (a reward may precede its rollout only when "
@@ -1159,134 +1093,6 @@ IDEMPOTENCY_CONFLICT = "idempotency_key conflict"
 
 def _scoped_key(session_id: str, key: str) -> str:
     return f"{session_id}{_KEY_SEP}{key}"
-
-
-_TIMESTAMP_ERROR = f"created_at must be epoch seconds from {MIN_TIMESTAMP:g} to {MAX_TIMESTAMP:g}"
-
-
-def _rejected(key: str, error: str) -> RewardResult:
-    return {"idempotency_key": key, "status": "rejected", "error": error}
-
-
-def _parse_reward(index: int, record: object, now: float) -> _Reward | RewardResult:
-    """Validate one reward record: a ``_Reward``, or the ``rejected`` result."""
-    if not isinstance(record, Mapping):
-        return _rejected("", "a reward record must be a mapping")
-    key = record.get("idempotency_key")
-    shown_key = key if isinstance(key, str) else ""
-    if not _is_id(key):
-        return _rejected(shown_key, "idempotency_key must be a non-empty string (max 256 chars)")
-    rollout_id = record.get("rollout_id")
-    if not _is_id(rollout_id):
-        return _rejected(key, "rollout_id must be a non-empty string (max 256 chars)")
-    raw = record.get("value")
-    value = as_reward(raw)
-    if value is None:
-        return _rejected(key, f"value: {reward_error(raw)}")
-    created_at = record.get("created_at")
-    if created_at is None:
-        created_at = now
-    else:
-        created_at = as_timestamp(created_at)
-        if created_at is None:
-            return _rejected(key, _TIMESTAMP_ERROR)
-    session_id = record.get("session_id")
-    if session_id is not None and (
-        not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id)
-    ):
-        return _rejected(key, f"invalid session_id {session_id!r:.80}")
-    candidate_id = record.get("candidate_id")
-    if candidate_id is not None and not _is_id(candidate_id):
-        return _rejected(key, "candidate_id must be a non-empty string or None")
-    feedback = record.get("feedback")
-    problem = feedback_error(feedback)
-    if problem is not None:
-        return _rejected(key, problem)
-    metadata = record.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, Mapping):
-            return _rejected(key, "metadata must be a mapping or None")
-        metadata = dict(metadata)
-        if metadata:
-            try:
-                _json_size(metadata, "metadata", MAX_METADATA_BYTES)
-            except ValueError as exc:
-                return _rejected(key, str(exc))
-        else:
-            metadata = None
-    stop = record.get("stop", False)
-    if stop is None:
-        stop = False
-    if not isinstance(stop, bool):
-        return _rejected(key, "stop must be a boolean")
-    return _Reward(
-        index,
-        key,
-        rollout_id,
-        value,
-        created_at,
-        session_id,
-        candidate_id,
-        feedback,  # type: ignore[arg-type]
-        metadata,
-        stop,
-    )
-
-
-_DETAIL_FIELDS = ("key", "bucket", "model", "metadata", "input", "output")
-
-
-def _parse_rollout(index: int, record: object, now: float) -> _Rollout:
-    """Validate one rollout record; raise ``ValueError`` with the reason to skip it."""
-    if not isinstance(record, Mapping):
-        raise ValueError("a rollout record must be a mapping")
-    session_id = record.get("session_id")
-    if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id):
-        raise ValueError(f"invalid session_id {session_id!r:.80}")
-    rollout_id = record.get("rollout_id")
-    if not _is_id(rollout_id):
-        raise ValueError("rollout_id must be a non-empty string (max 256 chars)")
-    candidate_id = record.get("candidate_id")
-    if candidate_id is not None and not _is_id(candidate_id):
-        raise ValueError("candidate_id must be a non-empty string or None")
-    created_at = record.get("created_at")
-    created = now if created_at is None else as_timestamp(created_at)
-    if created is None:
-        raise ValueError(_TIMESTAMP_ERROR)
-    detail: dict[str, Any] = {
-        "rollout_id": rollout_id,
-        "served_candidate_id": candidate_id,
-        "created_at": created,
-    }
-    dropped: list[str] = []
-    for name in _DETAIL_FIELDS:
-        value = record.get(name)
-        if value is not None:
-            detail[name] = value
-    try:
-        # The only encode of the common case (hot: every rollout): it checks that the
-        # details are JSON and their size, and its text becomes the stored payload.
-        encoded = encode_json(detail)
-    except (TypeError, ValueError):
-        for name in _DETAIL_FIELDS:
-            if name not in detail:
-                continue
-            try:
-                encode_json(detail[name])
-            except (TypeError, ValueError):
-                del detail[name]
-                dropped.append(name)  # keep the rollout: its counts matter more than this field
-        encoded = encode_json(detail)
-    if len(encoded) > MAX_ROLLOUT_DETAIL_BYTES:
-        for name in ("input", "output"):
-            if detail.pop(name, None) is not None:
-                dropped.append(name)
-        detail["truncated"] = True
-    if dropped:
-        detail["dropped"] = dropped
-    if dropped or "truncated" in detail:  # rare: the details changed after the encode
-        encoded = encode_json(detail)
-    return _Rollout(index, session_id, rollout_id, candidate_id, created, detail, encoded)  # type: ignore[arg-type]
 
 
 def _add_members(encoded: str, *members: str) -> str:

@@ -42,7 +42,7 @@ from synth_middleware._scrub import Scrubber
 
 if TYPE_CHECKING:
     from synth_middleware.engine.config import SessionConfig
-    from synth_middleware.engine.optimizers.base import Trace
+    from synth_middleware.engine.trace import Trace
 
 __all__ = [
     "ENV_ALLOWED_HOSTS",

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from synth_middleware.engine.schema import latest_version, pending, statements
 from synth_middleware.engine.state import Event
 from synth_middleware.errors import BackendError
+from synth_middleware.wire.validate import encode_json  # the one strict JSON; re-exported
 
 SCHEMA_VERSION = latest_version("sqlite")  # PRAGMA user_version; tables: engine/schema.py
 
@@ -35,13 +36,7 @@ SCHEMA_VERSION = latest_version("sqlite")  # PRAGMA user_version; tables: engine
 # child (SQLite's rule); we drop them here so the GC never closes them either.
 _ABANDONED: list[sqlite3.Connection] = []
 
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _decode = json.loads
-
-
-def encode_json(value: Any) -> str:
-    """Compact, strict JSON (no NaN/inf; non-ASCII escaped, so lone surrogates are safe)."""
-    return _encode(value)
 
 
 class StorageError(BackendError):
@@ -247,7 +242,7 @@ class SqliteWriteTxn(_SqliteReads, WriteTxn):
 
     def append_events(self, events: Sequence[Event], payloads: Sequence[str] | None = None) -> None:
         if payloads is None:
-            payloads = [_encode(e.payload) for e in events]
+            payloads = [encode_json(e.payload) for e in events]
         self._conn.executemany(
             "INSERT INTO events (seq, session_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?)",
             [
@@ -262,7 +257,7 @@ class SqliteWriteTxn(_SqliteReads, WriteTxn):
         self._conn.execute(
             "INSERT INTO sessions (session_id, kind, status, created_at, config)"
             " VALUES (?, ?, ?, ?, ?)",
-            (session_id, kind, status, created_at, _encode(config)),
+            (session_id, kind, status, created_at, encode_json(config)),
         )
 
     def set_session_status(self, session_id: str, status: str) -> None:
@@ -363,7 +358,7 @@ class SqliteWriteTxn(_SqliteReads, WriteTxn):
             "INSERT INTO snapshots (session_id, seq, state) VALUES (?, ?, ?)"
             " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state"
             " WHERE excluded.seq > snapshots.seq",
-            (session_id, seq, _encode(state)),
+            (session_id, seq, encode_json(state)),
         )
 
 

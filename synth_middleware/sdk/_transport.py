@@ -11,24 +11,26 @@ appears in a message, a ``repr`` or a log line.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from synth_middleware import __version__
-from synth_middleware.backends.http import parse_retry_after
 from synth_middleware.errors import BackendError, error_for_status
+from synth_middleware.wire.dialect import (
+    api_key_from_env,
+    parse_retry_after,
+    request_headers,
+    url_from_env,
+)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-URL_VARS = ("SYNTH_URL", "SYNTH_BACKEND_URL", "RUST_BACKEND_URL")
 
 
 def resolve_base_url(base_url: str | None = None) -> str:
     """The explicit URL, else the first of ``SYNTH_URL``/``SYNTH_BACKEND_URL``/
     ``RUST_BACKEND_URL``, else a local server; without a trailing ``/`` or ``/api``."""
-    url = base_url or next((os.environ[v] for v in URL_VARS if os.environ.get(v)), None)
+    url = base_url or url_from_env()
     url = (url or DEFAULT_BASE_URL).rstrip("/")
     if url.endswith("/api"):
         url = url[: -len("/api")]
@@ -37,7 +39,7 @@ def resolve_base_url(base_url: str | None = None) -> str:
 
 def resolve_api_key(api_key: str | None = None) -> str | None:
     """The explicit key, else ``SYNTH_API_KEY`` (``None``: send none, for a local server)."""
-    return api_key or os.environ.get("SYNTH_API_KEY") or None
+    return api_key or api_key_from_env()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +108,7 @@ class Transport:
 
     def headers(self) -> dict[str, str]:
         """Auth and identification headers."""
-        out = {"user-agent": f"synth-middleware/{__version__}", "accept": "application/json"}
-        if self.api_key:
-            out["authorization"] = f"Bearer {self.api_key}"
-            out["x-api-key"] = self.api_key
-        return out
+        return request_headers(self.api_key)
 
     def _sync(self) -> httpx.Client:
         if self.client is None:

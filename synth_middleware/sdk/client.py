@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -23,8 +22,8 @@ from synth_middleware.sdk._transport import Call, Transport, resolve_api_key, re
 from synth_middleware.sdk.config import OptimizationConfig, load_config, parse_config
 from synth_middleware.sdk.jobs import AsyncJobsMixin, JobsMixin
 from synth_middleware.sdk.sessions import OnlineSession, session_class
-
-_KINDS = ("gepa_online", "mipro_online")
+from synth_middleware.wire.dialect import SESSIONS, session_path
+from synth_middleware.wire.types import SESSION_KINDS
 
 
 def _create_call(
@@ -58,8 +57,8 @@ def _create_call(
         raise ValueError(
             'pass kind="gepa_online" or "mipro_online" (or a config with an algorithm)'
         )
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
+    if kind not in SESSION_KINDS:
+        raise ValueError(f"kind must be one of {SESSION_KINDS}, not {kind!r}")
     body: dict[str, Any] = {"kind": kind}
     for key, value in (
         ("session_id", session_id),
@@ -75,7 +74,7 @@ def _create_call(
         body["system"] = {"name": system_name}
     if cfg is not None:
         body["config_body"] = cfg.to_body()
-    return Call("POST", "/api/v1/online/sessions", json=body)
+    return Call("POST", SESSIONS, json=body)
 
 
 def _session(transport: Transport, answer: dict[str, Any], kind: str) -> OnlineSession:
@@ -92,7 +91,7 @@ def _session(transport: Transport, answer: dict[str, Any], kind: str) -> OnlineS
 
 
 def _get_calls(session_id: str) -> tuple[Call, Call]:
-    base = f"/api/v1/online/sessions/{quote(session_id, safe='')}"
+    base = session_path(session_id)
     return Call("GET", base), Call("GET", f"{base}/prompt")
 
 
@@ -145,7 +144,7 @@ class _OnlineSessions:
 
     def list(self, *, limit: int = 100) -> list[dict[str, Any]]:
         """The newest sessions' states."""
-        answer = self._t.request(Call("GET", "/api/v1/online/sessions", params={"limit": limit}))
+        answer = self._t.request(Call("GET", SESSIONS, params={"limit": limit}))
         return list(answer.get("items") or [])
 
 
@@ -193,7 +192,7 @@ class _AsyncOnlineSessions:
 
     async def list(self, *, limit: int = 100) -> list[dict[str, Any]]:
         """The newest sessions' states."""
-        call = Call("GET", "/api/v1/online/sessions", params={"limit": limit})
+        call = Call("GET", SESSIONS, params={"limit": limit})
         answer = await self._t.arequest(call)
         return list(answer.get("items") or [])
 

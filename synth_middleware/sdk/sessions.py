@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from synth_middleware.sdk._transport import Call, Transport
-
-_SESSIONS = "/api/v1/online/sessions"
-
-
-def _q(value: str) -> str:
-    return quote(value, safe="")
+from synth_middleware.wire.dialect import (
+    candidate_path,
+    candidates_path,
+    reward_path,
+    session_path,
+)
 
 
 @dataclass
@@ -37,7 +36,7 @@ class OnlineSession:
 
     @property
     def _base(self) -> str:
-        return f"{_SESSIONS}/{_q(self.session_id)}"
+        return session_path(self.session_id)
 
     def _run(self, call: Call) -> Any:
         return self.transport.request(call)
@@ -60,11 +59,11 @@ class OnlineSession:
     def _list_call(self, **params: Any) -> Call:
         if isinstance(params.get("include"), list | tuple):
             params["include"] = ",".join(params["include"])
-        return Call("GET", f"/api/v1/systems/{_q(self.session_id)}/candidates", params=params)
+        return Call("GET", candidates_path(self.session_id), params=params)
 
     @staticmethod
     def _candidate_call(candidate_id: str) -> Call:
-        return Call("GET", f"/api/v1/candidates/{_q(candidate_id)}")
+        return Call("GET", candidate_path(candidate_id))
 
     def _reward_call(
         self,
@@ -91,7 +90,7 @@ class OnlineSession:
         ):
             if value is not None:
                 body[key] = value
-        return Call("POST", f"{self._base}/reward", json=body)
+        return Call("POST", reward_path(self.session_id), json=body)
 
     def _state_call(self, state: str) -> Call:
         return Call("PATCH", self._base, json={"state": state})
@@ -110,9 +109,7 @@ class OnlineSession:
 
     @staticmethod
     def _archive_call(candidate_id: str, reason: str) -> Call:
-        return Call(
-            "POST", f"/api/v1/candidates/{_q(candidate_id)}/archive", json={"reason": reason}
-        )
+        return Call("POST", f"{candidate_path(candidate_id)}/archive", json={"reason": reason})
 
     # -- sync ----------------------------------------------------------------------
 

@@ -29,9 +29,9 @@ from fastapi import APIRouter, Depends, Query
 from starlette.responses import HTMLResponse, Response
 
 from synth_middleware._posterior import Posterior, posteriors_from_stats, prob_below
-from synth_middleware.engine import validate_session_id
 from synth_middleware.server._responses import json_response
 from synth_middleware.server.context import ServerContext, get_context
+from synth_middleware.wire import validate_session_id
 
 router = APIRouter(include_in_schema=False)
 Ctx = Annotated[ServerContext, Depends(get_context)]

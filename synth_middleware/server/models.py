@@ -12,10 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SessionKindName = Literal["mipro_online", "gepa_online"]
-SessionStatusName = Literal["running", "paused", "cancelled", "completed"]
+from synth_middleware.wire.limits import (
+    MAX_BATCH_RECORDS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SESSION_ID_CHARS,
+)
+from synth_middleware.wire.types import SessionKind, SessionStatusName
 
-_ID = Field(min_length=1, max_length=256)
+SessionKindName = SessionKind  # the wire's names; this alias keeps the old import working
 
 
 class _Request(BaseModel):
@@ -32,7 +37,7 @@ class _Response(BaseModel):
 class SystemRef(_Request):
     """The optimized system (``{name}``)."""
 
-    name: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
 
 
 class CreateSessionRequest(_Request):
@@ -47,17 +52,17 @@ class CreateSessionRequest(_Request):
 
     kind: SessionKindName = "mipro_online"
     system: SystemRef | None = None
-    system_name: str | None = Field(default=None, max_length=200)
+    system_name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     config_body: dict[str, Any] | None = None
     #: the hosted client's ``online.create(config=...)`` key: read as ``config_body``
     config: dict[str, Any] | None = None
     #: a TOML (or JSON) file the *server* reads, only inside its ``config_dirs``
     config_path: str | None = Field(default=None, max_length=4096)
-    config_name: str | None = Field(default=None, max_length=200)
+    config_name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     overrides: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
-    session_id: str | None = Field(default=None, min_length=1, max_length=200)
-    correlation_id: str | None = Field(default=None, min_length=1, max_length=256)
+    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_SESSION_ID_CHARS)
+    correlation_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     baseline: str | None = None
 
 
@@ -136,14 +141,14 @@ class RewardRequest(_Request):
     """
 
     reward_info: dict[str, Any] = Field(default_factory=dict)
-    rollout_id: str | None = Field(default=None, min_length=1, max_length=256)
-    candidate_id: str | None = Field(default=None, min_length=1, max_length=256)
+    rollout_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+    candidate_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     trace_ref: str | None = Field(default=None, max_length=2048)
     metadata: dict[str, Any] | None = None
     artifact: Any = None
     stop: bool | None = None
-    correlation_id: str | None = Field(default=None, max_length=256)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    correlation_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     created_at: float | None = Field(default=None, allow_inf_nan=False)
 
 
@@ -167,7 +172,7 @@ class RewardBatchRequest(_Request):
     one: a bad record is ``rejected`` in its result and never affects the others.
     """
 
-    rewards: list[Any] = Field(max_length=10_000)
+    rewards: list[Any] = Field(max_length=MAX_BATCH_RECORDS)
 
 
 class RewardResultItem(_Response):
@@ -192,7 +197,7 @@ class RolloutBatchRequest(_Request):
     Idempotent on ``rollout_id``.
     """
 
-    rollouts: list[Any] = Field(max_length=10_000)
+    rollouts: list[Any] = Field(max_length=MAX_BATCH_RECORDS)
 
 
 class RolloutError(_Response):
@@ -256,14 +261,14 @@ class AddCandidateRequest(_Request):
 
     candidate_content: str | None = None
     artifact_payload: Any = None
-    parent_id: str | None = Field(default=None, min_length=1, max_length=256)
+    parent_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     metadata: dict[str, Any] | None = None
 
 
 class ArchiveRequest(_Request):
     """Optional body of ``POST /api/v1/candidates/{id}/archive``."""
 
-    reason: str = Field(default="archived", max_length=200)
+    reason: str = Field(default="archived", max_length=MAX_NAME_CHARS)
 
 
 class ArchiveResponse(_Response):
@@ -285,11 +290,11 @@ class MiproStatusRequest(_Request):
     (``"done"``, ...) is acknowledged.
     """
 
-    rollout_id: str = Field(min_length=1, max_length=256)
+    rollout_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     status: str = Field(min_length=1, max_length=64)
     reward: float | None = Field(default=None, allow_inf_nan=False)
-    candidate_id: str | None = Field(default=None, min_length=1, max_length=256)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    candidate_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     metadata: dict[str, Any] | None = None
 
 

@@ -18,9 +18,6 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 
-from synth_middleware._domain import as_reward, reward_error
-from synth_middleware.backends.base import RewardRecord, SessionState
-from synth_middleware.engine import validate_session_id
 from synth_middleware.engine.engine import IDEMPOTENCY_CONFLICT
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server._errors import ApiError
@@ -29,6 +26,13 @@ from synth_middleware.server.models import (
     CreateSessionRequest,
     MiproStatusRequest,
     RewardRequest,
+)
+from synth_middleware.wire import (
+    RewardRecord,
+    SessionState,
+    as_reward,
+    reward_error,
+    validate_session_id,
 )
 
 MAX_WAIT_SECONDS = 60.0

@@ -43,14 +43,13 @@ from starlette.responses import Response, StreamingResponse
 from yarl import URL
 
 from synth_middleware._scrub import Scrubber
-from synth_middleware.backends.base import RolloutRecord
 from synth_middleware.client.candidates import system_text
-from synth_middleware.engine import validate_session_id
 from synth_middleware.server._errors import ApiError, error_response
 from synth_middleware.server._responses import dumps
 from synth_middleware.server.context import ServerContext, get_context
 from synth_middleware.server.operations import new_id
 from synth_middleware.server.proxy_selection import CandidateChooser, SessionChoice
+from synth_middleware.wire import MAX_ID_CHARS, RolloutRecord, validate_session_id
 
 logger = logging.getLogger("synth_middleware.server")
 
@@ -141,7 +140,7 @@ def _passthrough_headers(upstream: aiohttp.ClientResponse, scrub: Scrubber) -> d
 def _valid_rollout_id(rollout_id: str) -> bool:
     """1-256 visible ASCII characters: it goes into a response header as is."""
     return (
-        0 < len(rollout_id) <= 256
+        0 < len(rollout_id) <= MAX_ID_CHARS
         and rollout_id.isascii()
         and rollout_id.isprintable()
         and " " not in rollout_id

@@ -23,12 +23,12 @@ from typing import Any
 
 import cachetools
 
-from synth_middleware.backends.base import SessionState
 from synth_middleware.client.candidates import Candidate, parse_candidate
 from synth_middleware.client.selection import Categorical, routing_from_state
 from synth_middleware.engine import Engine
 from synth_middleware.errors import CandidateError
 from synth_middleware.server.feed import ChangeFeed
+from synth_middleware.wire import SessionState
 
 logger = logging.getLogger("synth_middleware.server")
 

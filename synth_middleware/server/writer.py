@@ -29,13 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from synth_middleware.backends.base import RewardRecord, RewardResult, RolloutRecord
 from synth_middleware.engine import Engine, RolloutsResult
 from synth_middleware.engine.engine import (
     ROLLOUT_ACCEPTED,
     ROLLOUT_DUPLICATE,
     ROLLOUT_SUPPLEMENTED,
 )
+from synth_middleware.wire import RewardRecord, RewardResult, RolloutRecord
 
 logger = logging.getLogger("synth_middleware.server")
 

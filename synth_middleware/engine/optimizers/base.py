@@ -38,6 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from synth_middleware.engine.trace import Trace  # re-exported: its old import path
+
 if TYPE_CHECKING:
     from synth_middleware.engine.config import SessionConfig
     from synth_middleware.engine.policy import PolicyDecision
@@ -62,22 +64,6 @@ __all__ = [
 
 # Reward (then rollout) metadata keys that name the expected answer of an instance.
 EXPECTED_KEYS = ("expected", "expected_label", "label", "gold", "answer")
-
-
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """One rollout as an optimizer sees it. ``input``/``output`` are ``None``
-    when the client does not send traces."""
-
-    rollout_id: str
-    candidate_id: str | None
-    input: str | None
-    output: str | None
-    reward: float | None
-    feedback: str | None
-    bucket: str | None
-    expected: str | None
-    created_at: float = 0.0
 
 
 def render_content(value: Any) -> str | None:

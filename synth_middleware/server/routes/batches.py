@@ -13,7 +13,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
-from synth_middleware.engine import validate_session_id
 from synth_middleware.server import operations as ops
 from synth_middleware.server._responses import json_response
 from synth_middleware.server.context import ServerContext, get_context
@@ -23,6 +22,7 @@ from synth_middleware.server.models import (
     RolloutBatchRequest,
     RolloutBatchResponse,
 )
+from synth_middleware.wire import validate_session_id
 
 router = APIRouter(tags=["batches"])
 Ctx = Annotated[ServerContext, Depends(get_context)]

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Body, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
-from synth_middleware.backends.base import CandidateItem
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server._aliases import ALIAS_KEY
 from synth_middleware.server._errors import ApiError
@@ -21,6 +20,7 @@ from synth_middleware.server.models import (
     CandidateItemResponse,
     CandidatePage,
 )
+from synth_middleware.wire import CandidateItem
 
 router = APIRouter(tags=["candidates"])
 Ctx = Annotated[ServerContext, Depends(get_context)]

@@ -44,8 +44,9 @@ from synth_middleware.server.models import (
 )
 from synth_middleware.server.routes.batches import store_rewards, store_rollouts
 from synth_middleware.server.routes.candidates import candidate_item
+from synth_middleware.wire import MAX_ID_CHARS
 
-MAX_HEADER_CHARS = 256  # the routes' Header(max_length=256)
+MAX_HEADER_CHARS = MAX_ID_CHARS  # as the routes' Header(max_length=MAX_ID_CHARS)
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 # (ctx, path parameters, validated body or None, idempotency-key header) -> answer body

@@ -27,6 +27,7 @@ from synth_middleware.server.models import (
     RewardRequest,
     SessionStateResponse,
 )
+from synth_middleware.wire import MAX_ID_CHARS
 
 router = APIRouter(prefix="/api/prompt-learning/online", tags=["legacy"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
@@ -65,7 +66,7 @@ async def mipro_status(
     system_id: str,
     body: MiproStatusRequest,
     ctx: Ctx,
-    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=MAX_ID_CHARS)] = None,
 ) -> Response:
     """``{rollout_id, status: "reward", reward, candidate_id?}`` records a reward; any
     other status (``"done"``) is acknowledged."""
@@ -100,7 +101,7 @@ def _add_session_routes(algo: str) -> None:
         session_id: str,
         request: Request,
         ctx: Ctx,
-        correlation_id: Annotated[str | None, Query(max_length=256)] = None,
+        correlation_id: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
     ) -> Response:
         ctx.require_session(session_id)
         return json_response(ops.prompt_urls(ctx, request, session_id, correlation_id))
@@ -109,7 +110,7 @@ def _add_session_routes(algo: str) -> None:
         session_id: str,
         body: RewardRequest,
         ctx: Ctx,
-        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+        idempotency_key: Annotated[str | None, Header(max_length=MAX_ID_CHARS)] = None,
     ) -> Response:
         return json_response(await ops.post_reward(ctx, session_id, body, idempotency_key))
 

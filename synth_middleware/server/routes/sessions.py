@@ -10,8 +10,6 @@ from fastapi import APIRouter, Depends, Header, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
-from synth_middleware._domain import MAX_TIMESTAMP, MIN_TIMESTAMP
-from synth_middleware.engine import validate_session_id
 from synth_middleware.errors import NotFoundError
 from synth_middleware.server import operations as ops
 from synth_middleware.server._errors import ApiError
@@ -28,6 +26,7 @@ from synth_middleware.server.models import (
     SessionStateResponse,
     Timeline,
 )
+from synth_middleware.wire import MAX_ID_CHARS, MAX_TIMESTAMP, MIN_TIMESTAMP, validate_session_id
 
 _log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/online/sessions", tags=["sessions"])
@@ -101,7 +100,7 @@ async def get_prompt_urls(
     session_id: str,
     request: Request,
     ctx: Ctx,
-    correlation_id: Annotated[str | None, Query(max_length=256)] = None,
+    correlation_id: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
 ) -> Response:
     """The proxy URLs of the session (Pattern A)."""
     ops.get_state(ctx, session_id)  # 404 for an unknown session
@@ -113,7 +112,7 @@ async def post_reward(
     session_id: str,
     body: RewardRequest,
     ctx: Ctx,
-    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=MAX_ID_CHARS)] = None,
 ) -> Response:
     """Report a reward for a rollout (idempotent with ``idempotency_key``)."""
     return json_response(await ops.post_reward(ctx, session_id, body, idempotency_key))
