@@ -40,6 +40,7 @@ sampling (no floors), uniform and epsilon-greedy routing on the same rates.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -344,15 +345,21 @@ def main() -> None:
         "--write", action="store_true", help="update the Selection section of BENCHMARKS.md"
     )
     ap.add_argument("--baseline-floor", type=float, default=None, help="override (exploration)")
+    ap.add_argument("--rho-rewards", type=float, default=None, help="override (exploration)")
     args = ap.parse_args()
     routings = [r for r in args.routing.split(",") if r]
-    if args.write and (args.only or args.routing != ",".join(ROUTINGS)):
+    if args.write and (
+        args.only
+        or args.routing != ",".join(ROUTINGS)
+        or args.baseline_floor is not None
+        or args.rho_rewards is not None
+    ):
         ap.error("--write publishes the standard run only")
     st = PolicySettings()
     if args.baseline_floor is not None:
-        import dataclasses
-
         st = dataclasses.replace(st, baseline_floor=args.baseline_floor)
+    if args.rho_rewards is not None:
+        st = dataclasses.replace(st, rho_rewards=args.rho_rewards)
     t0 = time.perf_counter()
     head = (
         "| scenario | routing | seeds | false promotion (worst horizon) | named by 600 / 2,000 / 8,000 "

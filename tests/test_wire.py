@@ -70,12 +70,7 @@ def test_wire_imports_nothing_above_it() -> None:
 
 
 def test_engine_imports_wire_not_backends() -> None:
-    # engine/state.py is being edited elsewhere; it still takes three wire types
-    # through the backends' re-export and is the one file allowed to, until it moves
-    waiting = {PACKAGE / "engine" / "state.py"}
     for path in sorted((PACKAGE / "engine").rglob("*.py")):
-        if path in waiting:
-            continue
         backends = {n for n in _imports(path) if n.startswith("synth_middleware.backends")}
         assert not backends, f"{path.relative_to(PACKAGE)} imports {backends}"
 

@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from synth_middleware._domain import clamp_reward
-from synth_middleware.backends.base import CandidateItem, CandidateStats, SessionState
 from synth_middleware.engine.evidence import EvidenceLedger
 from synth_middleware.engine.policy import epoch_length  # per reward: not a lazy import
+from synth_middleware.wire import CandidateItem, CandidateStats, SessionState, clamp_reward
 
 if TYPE_CHECKING:
     from synth_middleware.engine.policy import PolicyDecision, PolicySettings
