@@ -69,6 +69,7 @@ from synth_middleware.engine.policy import (  # noqa: E402
     epoch_length,
     mix_floors,
     rho_for,
+    screen_pick,
 )
 
 Drift = Callable[[int, int], float]  # (rollout t, horizon) -> shift of every arm's rate
@@ -172,6 +173,50 @@ def _weights(
     return out / out.sum(1, keepdims=True)
 
 
+def _screen(
+    st: PolicySettings,
+    succ: np.ndarray,
+    cnt: np.ndarray,
+    active: np.ndarray,
+    rank: np.ndarray,
+    n_entered: np.ndarray,
+    sums: tuple[np.ndarray, np.ndarray],
+    at_entry: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """One epoch's screening per seed: P(beats the baseline) of the Beta posteriors
+    (``beta_posterior`` and ``p_greater``, in numpy), then the engine's own
+    ``screen_pick``; the entrant's sums are kept (``EvidenceLedger.enter``)."""
+    a = 1.0 + succ
+    b = 1.0 + cnt - succ
+    tot = a + b
+    mu = a / tot
+    var = a * b / (tot * tot * (tot + 1.0))
+    z = (mu - mu[:, :1]) / np.sqrt(var + var[:, :1])
+    p = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+    need = max(1, st.min_rollouts_for_best // 2)
+    maybe = (active & (rank == 0) & (cnt >= need) & (p >= st.screen_probability))[:, 1:].any(1)
+    s_, q_ = sums
+    s0, q0, sb0, qb0 = at_entry
+    for i in np.flatnonzero(maybe):
+        js = [j for j in range(1, cnt.shape[1]) if active[i, j]]
+        pick = screen_pick(
+            [str(j) for j in js],
+            [float(p[i, j]) for j in js],
+            [int(cnt[i, j]) for j in js],
+            [bool(rank[i, j]) for j in js],
+            st,
+        )
+        if pick is None:
+            continue
+        j = int(pick)
+        n_entered[i] += 1
+        rank[i, j] = n_entered[i]
+        s0[i, j], q0[i, j], sb0[i, j], qb0[i, j] = s_[i, j], q_[i, j], s_[i, 0], q_[i, 0]
+
+
+_erf = np.vectorize(math.erf, otypes=[float])
+
+
 def simulate(
     sc: Scenario,
     seeds: int,
@@ -206,6 +251,18 @@ def simulate(
     named_at = np.full(seeds, np.inf)
     archived_winner = np.zeros(seeds, dtype=bool)
     unresolved = np.ones(seeds, dtype=bool)
+    # screening (engine.policy "Screening"): entry rank per arm (0: not entered) and every
+    # sum at entry, as EvidenceLedger.enter keeps them
+    rank = np.zeros((seeds, k), dtype=int)
+    n_entered = np.zeros(seeds, dtype=int)
+    s0 = np.zeros((seeds, k))
+    q0 = np.zeros((seeds, k))
+    sb0 = np.zeros((seeds, k))
+    qb0 = np.zeros((seeds, k))
+    alpha_r = np.array(
+        [1.0] + [challenger_alpha(j, st.alpha, spend=st.bonferroni) for j in range(1, k + 1)]
+    )
+    screening = st.screen_probability > 0.0
     regret = np.zeros(seeds)
     regret_1000 = np.zeros(seeds)
     weights = None
@@ -214,6 +271,8 @@ def simulate(
         if weights is None or (t - 1) - epoch_at >= epoch_length(epoch_at):
             weights = _weights(_pbest_mc(rng, succ, cnt, active), active, unresolved, routing, st)
             epoch_at = t - 1
+            if screening:
+                _screen(st, succ, cnt, active, rank, n_entered, (s_, q_), (s0, q0, sb0, qb0))
         cum = weights.cumsum(1)
         arm = np.minimum((rng.random(seeds)[:, None] >= cum).sum(1), k - 1)
         prop = weights[rows, arm]
@@ -237,7 +296,13 @@ def simulate(
         sd = s_ - s_[:, :1]
         vd = q_ + q_[:, :1]
         b = boundary(vd, alpha_k[None], rho, log=np.log)
-        eligible = (cnt >= st.min_rollouts_for_best) & (sd > b) & active
+        if screening:  # promotion on the evidence since entry, at the entry rank's level
+            se = (s_ - s0) - (s_[:, :1] - sb0)
+            ve = np.maximum((q_ - q0) + (q_[:, :1] - qb0), 1e-300)
+            be = boundary(ve, alpha_r[rank], rho, log=np.log)
+            eligible = (rank > 0) & (cnt >= st.min_rollouts_for_best) & (se > be) & active
+        else:
+            eligible = (cnt >= st.min_rollouts_for_best) & (sd > b) & active
         eligible[:, 0] = False
         prune = (cnt >= st.prune_min_rollouts) & (-sd > b) & active
         has_inc = incumbent >= 0
@@ -254,6 +319,8 @@ def simulate(
         # shown worse than the baseline (then it is also pruned: rows of `prune`)
         worse = -sd > b
         keep = has_inc & active[rows, inc] & ~worse[rows, inc] & ~prune[rows, inc]
+        if screening:  # a challenger replaces the incumbent at its entry rank's level
+            b_inc = boundary(v_inc, alpha_r[rank], rho, log=np.log)
         beats_inc = eligible & vs_inc & (s_inc > b_inc)
         replace = keep & beats_inc.any(1)
         best_beater = np.where(beats_inc, lower, -np.inf).argmax(1)
@@ -346,6 +413,7 @@ def main() -> None:
     )
     ap.add_argument("--baseline-floor", type=float, default=None, help="override (exploration)")
     ap.add_argument("--rho-rewards", type=float, default=None, help="override (exploration)")
+    ap.add_argument("--screen", type=float, default=None, help="override (exploration; 0: off)")
     args = ap.parse_args()
     routings = [r for r in args.routing.split(",") if r]
     if args.write and (
@@ -353,6 +421,7 @@ def main() -> None:
         or args.routing != ",".join(ROUTINGS)
         or args.baseline_floor is not None
         or args.rho_rewards is not None
+        or args.screen is not None
     ):
         ap.error("--write publishes the standard run only")
     st = PolicySettings()
@@ -360,6 +429,8 @@ def main() -> None:
         st = dataclasses.replace(st, baseline_floor=args.baseline_floor)
     if args.rho_rewards is not None:
         st = dataclasses.replace(st, rho_rewards=args.rho_rewards)
+    if args.screen is not None:
+        st = dataclasses.replace(st, screen_probability=args.screen)
     t0 = time.perf_counter()
     head = (
         "| scenario | routing | seeds | false promotion (worst horizon) | named by 600 / 2,000 / 8,000 "

@@ -118,6 +118,14 @@ class SessionConfig(BaseModel):
     online_routing_floor: float = Field(
         0.01, ge=0.0, le=0.1, description="share of traffic every active candidate keeps"
     )
+    online_screen_probability: float = Field(
+        0.9,
+        ge=0.0,
+        lt=1.0,
+        description="a challenger enters the confirmatory test (engine.policy, Screening) when "
+        "its posterior probability of beating the baseline reaches this; 0: every challenger "
+        "is tested from its creation",
+    )
     online_prune_threshold: float | None = Field(
         None,
         description="absolute reward floor: prune a candidate whose mean reward is below it "

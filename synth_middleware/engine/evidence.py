@@ -34,9 +34,19 @@ rewards are applied):
   Checked after every reward, the chance that a challenger no better than
   the baseline ever shows ``S >= u`` stays below ``alpha``.
 * **Alpha spending over challengers**: the k-th challenger of a generation
-  (in creation order) is tested at ``alpha / (k (k + 1))``; these sum to
-  ``alpha``, so the chance that *any* challenger of the generation is named
-  while not truly better stays below ``alpha``, however many are proposed.
+  is tested at ``alpha / (k (k + 1))``; these sum to ``alpha``, so the chance
+  that *any* challenger of the generation is named while not truly better
+  stays below ``alpha``, however many are proposed.
+* **Screen, then confirm** (:meth:`EvidenceLedger.enter`): a challenger is
+  *tested* only once it has entered the confirmatory family, and ``k`` is its
+  rank in the order of entry, not of creation. Entry is decided from the data
+  so far (the policy lets in the most promising challenger when its posterior
+  says it probably beats the baseline), and the confirmatory evidence starts
+  at entry: what comes after a stopping time is a fresh martingale, so the
+  guarantee holds as if the order had been fixed in advance. Challengers that
+  never look promising never spend alpha, and a winner usually enters first,
+  at ``alpha / 2`` instead of ``alpha / (k (k + 1))`` for its place among the
+  proposals (BENCHMARKS.md "Selection" measures what that buys).
 
 Everything here is plain arithmetic on floats, so the benchmark
 (``benchmarks/selection.py``) calls the same functions on numpy arrays
@@ -138,6 +148,9 @@ class _Arm:
     t0: int = 0  # ledger.t when the arm was activated
     # the other arms' (s, q, n) when this arm was activated: the common period starts here
     since: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    t_entry: int = 0  # ledger.t when the arm entered the confirmatory family
+    # every arm's (s, q, n), this one's included, at entry: the confirmatory period
+    at_entry: dict[str, tuple[float, float, int]] | None = None
 
 
 class EvidenceLedger:
@@ -147,13 +160,46 @@ class EvidenceLedger:
     lives in the replayable session state (and its snapshots).
     """
 
-    __slots__ = ("arms", "m", "share", "t")
+    __slots__ = ("arms", "entries", "m", "share", "t")
 
     def __init__(self) -> None:
         self.arms: dict[str, _Arm] = {}
         self.t = 0  # rewards applied while any arm was active
         self.m = 0.0  # the control variate (module doc)
         self.share: dict[str, float] = {}  # recent share of the rewards per arm
+        # arm -> its place in the order of entry (1, 2, ...); kept after the arm is
+        # archived, since the alpha it was tested at is spent
+        self.entries: dict[str, int] = {}
+
+    def enter(self, arm: str) -> bool:
+        """Let ``arm`` into the confirmatory family now (module doc); its confirmatory
+        evidence starts here. Returns whether it entered (an active arm, once)."""
+        a = self.arms.get(arm)
+        if a is None or arm in self.entries:
+            return False
+        self.entries[arm] = len(self.entries) + 1
+        a.t_entry = self.t
+        a.at_entry = {k: (o.s, o.q, o.n) for k, o in self.arms.items()}
+        return True
+
+    def entered(self, arm: str) -> bool:
+        """Whether ``arm`` has entered the confirmatory family."""
+        return arm in self.entries
+
+    def pair_since_entry(self, first: str, second: str) -> PairEvidence | None:
+        """Evidence on ``first - second`` since ``first`` entered the confirmatory
+        family (None if it has not, or either arm is inactive). An arm activated
+        after that entry counts from its own activation."""
+        a, b = self.arms.get(first), self.arms.get(second)
+        if a is None or b is None or a.at_entry is None:
+            return None
+        if second not in a.at_entry:
+            return self.pair(first, second)
+        s0, q0, n0 = a.at_entry[first]
+        r0, w0, m0 = a.at_entry[second]
+        return PairEvidence(
+            (a.s - s0) - (b.s - r0), (a.q - q0) + (b.q - w0), self.t - a.t_entry, a.n - n0, b.n - m0
+        )
 
     def activate(self, arm: str) -> None:
         """Start ``arm``'s evidence now; pairs with arms active before start here."""
@@ -217,8 +263,17 @@ class EvidenceLedger:
             "t": self.t,
             "m": self.m,
             "share": self.share,
+            "entries": self.entries,
             "arms": {
-                k: {"s": a.s, "q": a.q, "n": a.n, "t0": a.t0, "since": a.since}
+                k: {
+                    "s": a.s,
+                    "q": a.q,
+                    "n": a.n,
+                    "t0": a.t0,
+                    "since": a.since,
+                    "t_entry": a.t_entry,
+                    "at_entry": a.at_entry,
+                }
                 for k, a in self.arms.items()
             },
         }
@@ -230,12 +285,20 @@ class EvidenceLedger:
         led.t = int(data.get("t", 0))
         led.m = float(data.get("m", 0.0))
         led.share = {k: float(v) for k, v in (data.get("share") or {}).items()}
+        led.entries = {k: int(v) for k, v in (data.get("entries") or {}).items()}
+
+        def sums(d: Mapping[str, Any]) -> dict[str, tuple[float, float, int]]:
+            return {o: (float(v[0]), float(v[1]), int(v[2])) for o, v in d.items()}
+
         for k, a in (data.get("arms") or {}).items():
+            at = a.get("at_entry")
             led.arms[k] = _Arm(
                 float(a["s"]),
                 float(a["q"]),
                 int(a["n"]),
                 int(a["t0"]),
-                {o: (float(v[0]), float(v[1]), int(v[2])) for o, v in a["since"].items()},
+                sums(a["since"]),
+                int(a.get("t_entry", 0)),
+                sums(at) if at is not None else None,
             )
         return led

@@ -10,9 +10,15 @@ evidence is :mod:`synth_middleware.engine.evidence` (augmented inverse-propensit
 differences, a normal-mixture confidence sequence, alpha spent over the
 generation's challengers in creation order).
 
-* **Promotion.** Challenger ``c`` (the k-th of its generation) is *eligible*
-  once it has ``min_rollouts_for_best`` rewards and its evidence against the
-  baseline clears the boundary at level ``alpha / (k (k + 1))``
+* **Screening.** At each routing epoch (below) the most promising challenger
+  that is not yet tested *enters* the confirmatory family when its posterior
+  probability of beating the baseline is at least ``online_screen_probability``
+  (0.9) and it has half of ``min_rollouts_for_best`` rewards: one per epoch
+  (:func:`screen_pick`). ``online_screen_probability = 0`` tests every
+  challenger from its creation, in creation order.
+* **Promotion.** Challenger ``c`` (the k-th to enter) is *eligible* once it
+  has ``min_rollouts_for_best`` rewards and its evidence against the
+  baseline since its entry clears the boundary at level ``alpha / (k (k + 1))``
   (``alpha = 1 - promotion_confidence``; ``online_promotion_bonferroni=False``
   tests every challenger at ``alpha``). With no baseline, every candidate with
   enough rewards is eligible.
@@ -29,8 +35,9 @@ generation's challengers in creation order).
   name, which goes to the next eligible candidate or back to the baseline, and
   it is archived.
 * **Pruning.** A challenger with at least ``online_prune_min_rollouts`` rewards
-  is archived only when the same evidence, at its own level, shows it worse
-  than the baseline or than the named best. (``online_prune_threshold``, the
+  is archived only when the evidence over its whole common period, at the
+  level of its place in creation order, shows it worse than the baseline or
+  than the named best. (``online_prune_threshold``, the
   hosted dialect's absolute floor, still archives on the posterior when set.)
   Nothing is archived for looking unlikely to be best: a live winner that had
   an unlucky start keeps its slot.
@@ -85,7 +92,9 @@ __all__ = [
     "epoch_length",
     "evaluate",
     "mix_floors",
+    "p_greater",
     "routing_weights",
+    "screen_pick",
 ]
 
 RoutingMode = Literal["thompson", "top_two"]
@@ -121,6 +130,7 @@ class PolicySettings:
     baseline_floor: float = 0.2
     routing_floor: float = 0.01
     rho_rewards: float = DEFAULT_RHO_REWARDS
+    screen_probability: float = 0.9  # 0: every challenger is tested from its creation
 
     @property
     def alpha(self) -> float:
@@ -142,6 +152,7 @@ class PolicySettings:
             routing=cfg.online_routing,
             baseline_floor=cfg.online_baseline_floor,
             routing_floor=cfg.online_routing_floor,
+            screen_probability=cfg.online_screen_probability,
         )
 
     @classmethod
@@ -205,11 +216,13 @@ class CandidateVerdict:
     effect_lower: float | None = None  # anytime-valid bounds on that gain (each at alpha)
     effect_upper: float | None = None
     unresolved: bool = False  # neither eligible nor pruned: the baseline floor stays
+    entered: bool = True  # in the confirmatory family (module doc, "Screening")
 
     def evidence_json(self) -> dict[str, Any]:
         """The promotion evidence as the session state shows it."""
         return {
             "n": self.n,
+            "entered": self.entered,
             "index": self.index,
             "alpha": self.alpha,
             "effect": self.effect,
@@ -357,6 +370,8 @@ def evaluate(
             return None
         return evidence.pair(active[i].candidate_id, active[j].candidate_id)
 
+    screening = s.screen_probability > 0.0 and evidence is not None
+
     verdicts: dict[str, CandidateVerdict] = {}
     eligible_is: list[int] = []
     worse: set[int] = set()  # shown worse than the baseline (a named best loses its name)
@@ -370,14 +385,13 @@ def evaluate(
             )
             continue
         k = indices.get(c.candidate_id, len(indices) + 1)
-        level = challenger_alpha(k, s.alpha, spend=s.bonferroni)
-        levels[i] = level
+        level = challenger_alpha(k, s.alpha, spend=s.bonferroni)  # pruning: creation order
         p_beats = None
         effect = lo = hi = None
         ev = pair(i, base_i) if base_i is not None else None
         if base_i is not None:
-            # for display only: a normal approximation when there is no grid (reads)
-            p_beats = _p_greater(post, posts[base_i])
+            # screening and display: a normal approximation of the posteriors
+            p_beats = p_greater(post, posts[base_i])
         beats = loses = False
         if ev is not None:  # one boundary per pair: (-inf, inf) before any reward
             effect = ev.estimate
@@ -415,6 +429,23 @@ def evaluate(
                     )
         if reason is not None:
             eligible = False
+        entered = True
+        if screening and base_i is not None and evidence is not None:
+            rank = evidence.entries.get(c.candidate_id)
+            entered = rank is not None
+            eligible = False
+            if rank is not None:  # promotion: the confirmatory evidence since entry
+                k = rank
+                level = challenger_alpha(k, s.alpha, spend=s.bonferroni)
+                conf = evidence.pair_since_entry(c.candidate_id, active[base_i].candidate_id)
+                lo = hi = None
+                if conf is not None and conf.t:
+                    effect = conf.estimate
+                    low, high = conf.interval(level, rho)
+                    eligible = enough and low > 0.0 and reason is None
+                    if math.isfinite(low):
+                        lo, hi = low, high
+        levels[i] = level
         verdicts[c.candidate_id] = CandidateVerdict(
             c.candidate_id,
             c.reward_count,
@@ -430,6 +461,7 @@ def evaluate(
             lo,
             hi,
             unresolved=not eligible and reason is None,
+            entered=entered,
         )
         if eligible:
             eligible_is.append(i)
@@ -466,7 +498,33 @@ def evaluate(
     )
 
 
-def _p_greater(a: Any, b: Any) -> float:
+def screen_pick(
+    ids: Sequence[str],
+    p_beats: Sequence[float | None],
+    counts: Sequence[int],
+    entered: Sequence[bool],
+    settings: PolicySettings,
+) -> str | None:
+    """The challenger that enters the confirmatory family now (module doc,
+    "Screening"), or ``None``: among those not entered with at least half of
+    ``min_rollouts_for_best`` rewards and ``p_beats >= screen_probability``, the one
+    with the highest ``p_beats`` (the first on ties). The engine and the benchmark
+    both call this."""
+    if settings.screen_probability <= 0.0:
+        return None
+    need = max(1, settings.min_rollouts_for_best // 2)
+    best: str | None = None
+    top = -1.0
+    for cid, p, n, inside in zip(ids, p_beats, counts, entered, strict=True):
+        if inside or p is None or n < need or p < settings.screen_probability:
+            continue
+        if p > top:
+            best, top = cid, p
+    return best
+
+
+def p_greater(a: Any, b: Any) -> float:
+    """P(a > b) for two posteriors (``mean``, ``sd``) under a normal approximation."""
     sd = math.sqrt(a.sd * a.sd + b.sd * b.sd)
     if not sd > 0:
         return 0.5 if a.mean == b.mean else float(a.mean > b.mean)

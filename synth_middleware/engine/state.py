@@ -53,7 +53,7 @@ OPTIMIZER_INTERNAL_KEYS = frozenset({"lease", "pool"})
 SESSION_STATUSES = ("running", "paused", "cancelled", "completed")
 CANDIDATE_STATUSES = ("active", "archived")
 DEFAULT_MIN_REWARDS_FOR_BEST = 20
-_SNAPSHOT_FORMAT = 2  # 2: the evidence ledger and the routing epoch
+_SNAPSHOT_FORMAT = 3  # 2: the evidence ledger and the routing epoch; 3: screening entries
 # The optimizer key naming the incumbent best (an input of the policy).
 _INCUMBENT = "best_candidate_id"
 
@@ -415,11 +415,30 @@ class SessionStateMachine:
         """Recompute the routing weights (and P(best)) now: a deterministic point
         of the log. The decision is also the cached policy for this version."""
         decision = self._evaluate(None, None)
+        if self._screen(decision):  # the family changed: decide again with the entrant
+            decision = self._evaluate(None, None)
         self._routing = dict(decision.routing)
         self._pbest = decision.probabilities()
         self._routing_at = self.reward_count
         self._policy = (self._policy_inputs, decision)
         return self._routing
+
+    def _screen(self, decision: PolicyDecision) -> bool:
+        """Let the most promising untested challenger into the confirmatory family
+        (engine.policy, "Screening"); at most one per epoch. Returns whether one entered."""
+        from synth_middleware.engine.policy import screen_pick
+
+        if decision.baseline_id is None or decision.baseline_id not in decision.verdicts:
+            return False
+        rows = [v for v in decision.verdicts.values() if v.index > 0 and v.prune_reason is None]
+        pick = screen_pick(
+            [v.candidate_id for v in rows],
+            [v.p_beats_baseline for v in rows],
+            [v.n for v in rows],
+            [v.entered for v in rows],
+            self.policy_settings,
+        )
+        return pick is not None and self.evidence.enter(pick)
 
     # -- views -------------------------------------------------------------
 
