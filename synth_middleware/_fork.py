@@ -26,6 +26,7 @@ log = logging.getLogger("synth_middleware")
 # objects whose method resets them in a child: (weak object, method name)
 _objects: list[tuple[weakref.ref[object], str]] = []
 _objects_lock = threading.Lock()
+_prune_at = 64  # prune the dead when the list grows past this (amortised: doubles)
 
 
 def after_fork_in_child(callback: Callable[[], None]) -> None:
@@ -38,9 +39,11 @@ def reset_after_fork(obj: object, method: str) -> None:
     """Call ``obj.<method>()`` in every child forked while ``obj`` is alive.
 
     Held weakly: registering does not keep ``obj`` alive."""
+    global _prune_at
     with _objects_lock:
-        if len(_objects) >= 64:  # drop the dead now and then, so the list stays short
+        if len(_objects) >= _prune_at:  # drop the dead now and then, so the list stays short
             _objects[:] = [(ref, m) for ref, m in _objects if ref() is not None]
+            _prune_at = max(64, 2 * len(_objects))
         _objects.append((weakref.ref(obj), method))
 
 

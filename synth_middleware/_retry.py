@@ -35,6 +35,9 @@ def attempt_state(attempt: int) -> tenacity.RetryCallState:
 def backoff_delay(initial: float, cap: float, failures: int) -> float:
     """``initial * 2 ** (failures - 1)``, at most ``cap`` (no overflow however many
     failures): the delay before retrying after the ``failures``-th failure in a row."""
+    if initial <= 0 or cap <= 0:
+        # no backoff asked for; and tenacity answers ``max`` when 0.0 * 2**n overflows
+        return 0.0
     return float(tenacity.wait_exponential(multiplier=initial, max=cap)(attempt_state(failures)))
 
 
@@ -53,8 +56,8 @@ class BackoffWait(wait_base):
         cap: float,
         retry_after: Callable[[BaseException], float | None] | None = None,
     ) -> None:
+        self.initial = float(initial)
         self.cap = float(cap)
-        self._exp = tenacity.wait_exponential(multiplier=initial, max=cap)
         self._retry_after = retry_after
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
@@ -68,5 +71,6 @@ class BackoffWait(wait_base):
         if after is not None:
             wait = after * (1.0 + 0.1 * random.random())
         else:
-            wait = self._exp(retry_state) * (0.5 + random.random())
+            base = backoff_delay(self.initial, self.cap, retry_state.attempt_number)
+            wait = base * (0.5 + random.random())
         return min(wait, self.cap)
