@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 
+from synth_middleware import _fork
+
 _rng = random.Random(os.urandom(32))
 
 
@@ -24,5 +26,4 @@ def _reseed() -> None:
     _rng.seed(os.urandom(32))
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reseed)
+_fork.after_fork_in_child(_reseed)

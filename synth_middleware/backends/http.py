@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 import httpcore  # noqa: F401  (imported by httpx lazily; see HttpBackend.__init__)
 import httpx
 
+from synth_middleware import _fork
 from synth_middleware.errors import (
     BackendError,
     NotFoundError,
@@ -281,7 +281,7 @@ class _Dialect:
         self._legacy_reward = False
         self._sessions_of: OrderedDict[str, str] = OrderedDict()
         self._sessions_lock = threading.Lock()
-        self._sessions_pid = os.getpid()
+        _fork.reset_after_fork(self, "_after_fork")
 
     # -- presentation -----------------------------------------------------------
     def __repr__(self) -> str:
@@ -310,16 +310,14 @@ class _Dialect:
             return True
         return time.monotonic() - checked >= self.batch_probe_interval
 
-    def _sessions_locked(self) -> threading.Lock:
-        if self._sessions_pid != os.getpid():  # forked: never inherit a held lock
-            self._sessions_lock = threading.Lock()
-            self._sessions_pid = os.getpid()
-        return self._sessions_lock
+    def _after_fork(self) -> None:
+        # in a forked child: a lock held by a parent's thread would stay held forever
+        self._sessions_lock = threading.Lock()
 
     def _remember(self, rollout_id: Any, session_id: Any) -> None:
         if not isinstance(rollout_id, str) or not isinstance(session_id, str):
             return
-        with self._sessions_locked():
+        with self._sessions_lock:
             self._sessions_of[rollout_id] = session_id
             if len(self._sessions_of) > MAX_REMEMBERED_ROLLOUTS:
                 self._sessions_of.popitem(last=False)
@@ -463,7 +461,7 @@ class _Dialect:
         key = rec["idempotency_key"]
         sid = rec.get("session_id")
         if sid is None:
-            with self._sessions_locked():
+            with self._sessions_lock:
                 sid = self._sessions_of.get(rec.get("rollout_id"))  # type: ignore[arg-type]
         if sid is None:
             return _rejected(
@@ -684,8 +682,6 @@ class HttpBackend(_Dialect):
         )
         self._transport = transport
         self._lock = threading.Lock()
-        self._lock_pid = os.getpid()
-        self._pid = -1
         self._client: httpx.Client | None = None
         self._pool: _Pool | None = None
         self._closed = False
@@ -695,23 +691,23 @@ class HttpBackend(_Dialect):
         self._http()
 
     # -- plumbing -------------------------------------------------------------------
-    def _locked(self) -> threading.Lock:
-        # A fork while another thread held the lock would leave it held forever in
-        # the child: the child takes a fresh one.
-        if self._lock_pid != os.getpid():
-            self._lock = threading.Lock()
-            self._lock_pid = os.getpid()
-        return self._lock
+    def _after_fork(self) -> None:
+        # in a forked child: a fresh lock (the parent's may be held by a thread the
+        # child does not have); never touch the parent's sockets or pool threads,
+        # the next call opens the child's own
+        super()._after_fork()
+        self._lock = threading.Lock()
+        self._client = None
+        self._pool = None
 
     def _http(self) -> httpx.Client:
         client = self._client
-        if client is not None and self._pid == os.getpid():
+        if client is not None:
             return client
-        with self._locked():
+        with self._lock:
             if self._closed:
                 raise BackendError("HttpBackend is closed")
-            if self._client is None or self._pid != os.getpid():
-                # after fork: never touch the parent's sockets; open our own
+            if self._client is None:
                 self._client = httpx.Client(
                     base_url=self.base_url,
                     headers=self._headers(),
@@ -724,7 +720,6 @@ class HttpBackend(_Dialect):
                     follow_redirects=False,
                 )
                 self._pool = _Pool(self.pool_size)
-                self._pid = os.getpid()
             return self._client
 
     def _send(self, req: _Req) -> _Resp:
@@ -825,10 +820,10 @@ class HttpBackend(_Dialect):
 
     def close(self) -> None:
         """Close the connection pool (only in the process that opened it)."""
-        with self._locked():
+        with self._lock:
             self._closed = True
             client, self._client = self._client, None
-        if client is not None and self._pid == os.getpid():
+        if client is not None:  # a forked child has none of the parent's
             client.close()
 
     def __enter__(self) -> HttpBackend:

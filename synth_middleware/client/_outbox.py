@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from synth_middleware import _fork
+
 log = logging.getLogger("synth_middleware")
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -58,17 +60,24 @@ CREATE TABLE IF NOT EXISTS synth_outbox_owners (
 );
 """
 
-_token_pid = -1
 _token = ""
 
 
 def owner_token() -> str:
     """This process's owner name, ``"<pid>:<random>"`` (new after fork)."""
-    global _token_pid, _token
-    pid = os.getpid()
-    if _token_pid != pid:
-        _token, _token_pid = f"{pid}:{os.urandom(6).hex()}", pid
+    global _token
+    if not _token:
+        _token = f"{os.getpid()}:{os.urandom(6).hex()}"
     return _token
+
+
+def _new_owner_after_fork() -> None:
+    # a forked child is a new owner: it must not claim or renew the parent's rows
+    global _token
+    _token = ""
+
+
+_fork.after_fork_in_child(_new_owner_after_fork)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -120,31 +129,36 @@ class Outbox:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._pid = -1
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._conn_or_open()
+        _fork.reset_after_fork(self, "_after_fork")
 
     def __repr__(self) -> str:
         return f"Outbox({self.path!r}, dest={self.dest!r})"
 
     # -- plumbing ---------------------------------------------------------------
+    def _after_fork(self) -> None:
+        # in a forked child: the parent's connection is not ours (never use or close
+        # it) and its lock may be held by a thread the child does not have; the next
+        # use opens the child's own connection
+        if self._conn is not None:
+            _ABANDONED.append(self._conn)
+            self._conn = None
+        self._lock = threading.RLock()
+
     def _conn_or_open(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        if self._conn is not None and self._pid == pid:
+        if self._conn is not None:
             return self._conn
         if self._closed:
             raise RuntimeError("outbox is closed")
-        if self._conn is not None:  # forked: the parent's connection is not ours
-            _ABANDONED.append(self._conn)
-            self._lock = threading.RLock()
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
-        self._conn, self._pid = conn, pid
+        self._conn = conn
         self._register(conn)
         return conn
 
@@ -155,8 +169,6 @@ class Outbox:
         )
 
     def _txn(self) -> _Txn:
-        if self._pid != os.getpid():
-            self._conn_or_open()
         return _Txn(self)
 
     # -- writes -----------------------------------------------------------------
@@ -331,7 +343,7 @@ class Outbox:
         with self._lock:
             conn, self._conn = self._conn, None
             self._closed = True
-            if conn is not None and self._pid == os.getpid():
+            if conn is not None:  # a forked child has none of the parent's
                 try:
                     conn.execute(
                         "UPDATE synth_outbox_owners SET lease_until = 0 WHERE owner = ?",

@@ -10,10 +10,11 @@ child starts its own threads lazily (threads do not survive ``fork``).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
+
+from synth_middleware import _fork
 
 log = logging.getLogger("synth_middleware")
 
@@ -49,6 +50,7 @@ def submit(fn: Callable[[], None]) -> None:
 
 
 def _after_fork_in_child() -> None:
+    # the parent's threads are gone and its lock may be held by one of them
     global _lock, _queue, _threads, _idle
     _lock = threading.Lock()
     _queue = queue.SimpleQueue()
@@ -56,5 +58,4 @@ def _after_fork_in_child() -> None:
     _idle = 0
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.after_fork_in_child(_after_fork_in_child)

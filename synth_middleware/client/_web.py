@@ -33,6 +33,7 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from synth_middleware._logonce import LogOnce
 from synth_middleware._tokens import TokenData, decode_token, encode_token
 from synth_middleware.client._evaluation import anchor
 from synth_middleware.client._otel import (
@@ -224,7 +225,7 @@ class WebConfig:
             try:
                 value = self.key(request)
             except Exception:
-                _warn_once("key", "synth-middleware: the sticky key callable raised; no key")
+                _logged.warning("key", "the sticky key callable raised; no key", exc_info=True)
                 value = None
         if value is None and self.key_header is not None:
             value = header(self.key_header)
@@ -259,13 +260,7 @@ def cookie_value(cookie_header: str | None, name: str) -> str | None:
     return None
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(what: str, msg: str) -> None:
-    if what not in _warned:
-        _warned.add(what)
-        log.warning(msg, exc_info=True)
+_logged = LogOnce(log, prefix="synth-middleware: ")  # per process: a user callable's bugs
 
 
 # ---------------------------------------------------------------- the request's rollout

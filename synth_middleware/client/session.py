@@ -8,8 +8,8 @@ served while one background refresh per session fetches a new one.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import cachetools
 
+from synth_middleware import _fork
+from synth_middleware._logonce import LogOnce
+from synth_middleware._retry import backoff_delay
 from synth_middleware.client import _refresher
 from synth_middleware.client.candidates import Candidate, parse_candidate
 from synth_middleware.client.selection import (
@@ -108,7 +111,7 @@ class SessionRuntime:
         self._lock = threading.Lock()
         self._refreshing = False
         self._retry_at = 0.0
-        self._backoff = 0.0
+        self._failures = 0  # refreshes failed in a row: the backoff's exponent
         self._observed_baseline: str | None = None
         self._registered = False
         self._register_lock = threading.Lock()
@@ -116,7 +119,7 @@ class SessionRuntime:
         self._created = False  # ensured without a baseline (no call has shown a prompt)
         self._new_prompt: str | None = None
         self._new_prompt_calls = 0
-        self._warned: set[str] = set()
+        self._logged = LogOnce(log, prefix="synth-middleware: ")
         # sticky key -> candidate id; bounded so many keys never grow memory
         self._sticky: cachetools.LRUCache[str, str] = cachetools.LRUCache(maxsize=50_000)
         self._sticky_lock = threading.Lock()
@@ -246,8 +249,9 @@ class SessionRuntime:
                 exc = exc.error
             self.counters.refresh_errors += 1
             self.counters.last_error = f"{type(exc).__name__}: {exc}"
-            self._backoff = min(_MAX_BACKOFF, max(1.0, self._backoff * 2 or 1.0))
-            self._retry_at = time.monotonic() + min(self._backoff, self.ttl)
+            self._failures += 1
+            delay = backoff_delay(1.0, _MAX_BACKOFF, self._failures)  # 1, 2, 4 ... 300 s
+            self._retry_at = time.monotonic() + min(delay, self.ttl)
             self._warn_once(
                 "refresh",
                 "session %r: backend refresh failed (%s); serving the last good prompt",
@@ -256,12 +260,12 @@ class SessionRuntime:
             )
         else:
             self.counters.refreshes += 1
-            self._backoff = 0.0
+            self._failures = 0
             self._retry_at = 0.0
             if snap is not None:
                 self._snap = snap
                 self._fresh["s"] = True
-                self._warned.discard("refresh")
+                self._logged.reset("refresh")  # a later outage is news again
         finally:
             with self._lock:
                 self._refreshing = False
@@ -391,9 +395,7 @@ class SessionRuntime:
         )
 
     def _warn_once(self, what: str, msg: str, *args: object) -> None:
-        if what not in self._warned:
-            self._warned.add(what)
-            log.warning("synth-middleware: " + msg, *args)
+        self._logged.warning(what, msg, *args)
 
 
 def _is_placeholder_baseline(item: Mapping[str, Any], baseline_id: object) -> bool:
@@ -418,8 +420,7 @@ def _after_fork_in_child() -> None:
         rt._register_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.after_fork_in_child(_after_fork_in_child)
 
 
 def ensure_registered(backend: Backend, session_ids: Iterable[str]) -> None:
@@ -456,6 +457,9 @@ def runtime_for(
                 reporter=reporter_factory(backend),
             )
             _runtimes[key] = rt
+        # delivery calls back here (not the other way round: the reporter knows no
+        # sessions) so a session is registered before its rollouts are sent
+        rt.reporter.before_rollouts = functools.partial(ensure_registered, backend)
         return rt
 
 

@@ -20,12 +20,12 @@ Failures are typed so a job can tell them apart:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
 
 import httpx
+import tenacity
 
 from synth_middleware.container._paseto import CONTAINER_AUTH_HEADER, ContainerTokenSigner
 from synth_middleware.container.models import (
@@ -173,10 +173,27 @@ def _json(resp: httpx.Response) -> Any:
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
+def _reconnects(retries: int, backoff: float) -> dict[str, Any]:
+    """tenacity options: reconnect ``retries`` times on a connection-level failure,
+    waiting ``backoff``, ``2 * backoff``, ... (no jitter: one job's calls, not a herd);
+    then the last error is raised as it was."""
+    return {
+        "retry": tenacity.retry_if_exception_type(_RETRYABLE),
+        "stop": tenacity.stop_after_attempt(max(0, retries) + 1),
+        "wait": tenacity.wait_exponential(multiplier=backoff),
+        "reraise": True,
+    }
+
+
 def _unreachable(url: str, attempt: int, exc: Exception) -> ContainerUnreachable:
     return ContainerUnreachable(
         f"cannot reach the container at {url} after {attempt + 1} attempt(s) ({type(exc).__name__})"
     )
+
+
+def _attempts(retrying: tenacity.BaseRetrying) -> int:
+    """Attempts the last call of ``retrying`` made (in this thread)."""
+    return int(retrying.statistics.get("attempt_number", 1))
 
 
 def _timeout(url: str, method: str, path: str) -> RolloutTimeout:
@@ -219,24 +236,20 @@ class AsyncContainerClient:
         return self._http
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                return await self._client().request(
-                    method,
-                    self.url + path,
-                    headers=_headers(self.api_key, self.token_signer),
-                    **kwargs,
-                )
-            except _RETRYABLE as exc:
-                if attempt >= self.retries:
-                    raise _unreachable(self.url, attempt, exc) from exc
-            except httpx.TimeoutException as exc:
-                raise _timeout(self.url, method, path) from exc
-            except httpx.HTTPError as exc:
-                raise _unreachable(self.url, attempt, exc) from exc
-            await asyncio.sleep(self.backoff * 2**attempt)
-            attempt += 1
+        async def request() -> httpx.Response:
+            # a fresh token per attempt (the signer's tokens are short-lived)
+            headers = _headers(self.api_key, self.token_signer)
+            return await self._client().request(method, self.url + path, headers=headers, **kwargs)
+
+        retrying = tenacity.AsyncRetrying(**_reconnects(self.retries, self.backoff))
+        try:
+            return await retrying(request)
+        except _RETRYABLE as exc:  # the reconnects ran out
+            raise _unreachable(self.url, max(0, self.retries), exc) from exc
+        except httpx.TimeoutException as exc:
+            raise _timeout(self.url, method, path) from exc
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, _attempts(retrying) - 1, exc) from exc
 
     async def health(self) -> dict[str, Any]:
         """``GET /health``."""
@@ -289,24 +302,20 @@ class ContainerClient:
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                return self._http.request(
-                    method,
-                    self.url + path,
-                    headers=_headers(self.api_key, self.token_signer),
-                    **kwargs,
-                )
-            except _RETRYABLE as exc:
-                if attempt >= self.retries:
-                    raise _unreachable(self.url, attempt, exc) from exc
-            except httpx.TimeoutException as exc:
-                raise _timeout(self.url, method, path) from exc
-            except httpx.HTTPError as exc:
-                raise _unreachable(self.url, attempt, exc) from exc
-            time.sleep(self.backoff * 2**attempt)
-            attempt += 1
+        def request() -> httpx.Response:
+            # a fresh token per attempt (the signer's tokens are short-lived)
+            headers = _headers(self.api_key, self.token_signer)
+            return self._http.request(method, self.url + path, headers=headers, **kwargs)
+
+        retrying = tenacity.Retrying(**_reconnects(self.retries, self.backoff))
+        try:
+            return retrying(request)
+        except _RETRYABLE as exc:  # the reconnects ran out
+            raise _unreachable(self.url, max(0, self.retries), exc) from exc
+        except httpx.TimeoutException as exc:
+            raise _timeout(self.url, method, path) from exc
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, _attempts(retrying) - 1, exc) from exc
 
     def health(self) -> dict[str, Any]:
         """``GET /health``."""

@@ -34,6 +34,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from synth_middleware._retry import backoff_delay
 from synth_middleware.engine.config import parse_session_config
 from synth_middleware.engine.optimizers import OPTIMIZERS
 from synth_middleware.engine.optimizers.base import (
@@ -448,6 +449,6 @@ class OptimizerRunner:
 
 
 def _backoff(initial: float, cap: float, attempts: int) -> float:
-    """``initial * 2 ** (attempts - 1)``, at most ``cap``; the exponent is bounded so that
-    a long run of empty rounds (a forced step after every reward) cannot overflow."""
-    return min(cap, initial * 2.0 ** min(max(attempts - 1, 0), 60))
+    """``initial * 2 ** (attempts - 1)``, at most ``cap``; no overflow however long a run
+    of empty rounds (a forced step after every reward) gets."""
+    return backoff_delay(initial, cap, attempts)

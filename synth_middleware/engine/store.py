@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from synth_middleware import _fork
 from synth_middleware.engine.schema import latest_version, pending, statements
 from synth_middleware.engine.state import Event
 from synth_middleware.errors import BackendError
@@ -378,9 +379,10 @@ class SqliteStore(_SqliteReads, Store):
         if self.path != ":memory:" and not self.path.startswith("file:"):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._reopen = False  # forked: the connection is the parent's; open our own
         self._closed = False
         self._conn = self._open()
+        _fork.reset_after_fork(self, "_after_fork")
 
     # -- connection management ---------------------------------------------
 
@@ -414,12 +416,19 @@ class SqliteStore(_SqliteReads, Store):
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {self.path}: {exc}") from exc
 
+    def _after_fork(self) -> None:
+        # in a forked child: never touch the parent's connection (the next use opens
+        # ours); a lock held by a parent's thread would stay held forever
+        _ABANDONED.append(self._conn)
+        self._lock = threading.RLock()
+        self._reopen = True
+
     def _check(self) -> None:
-        if self._pid != os.getpid():  # forked: never touch the parent's connection
-            _ABANDONED.append(self._conn)
-            self._lock = threading.RLock()
-            self._pid = os.getpid()
-            self._conn = self._open()
+        if self._reopen:
+            with self._lock:
+                if self._reopen:
+                    self._conn = self._open()
+                    self._reopen = False
         if self._closed:
             raise StorageError("the store is closed")
 
@@ -521,5 +530,5 @@ class SqliteStore(_SqliteReads, Store):
             if self._closed:
                 return
             self._closed = True
-            if self._pid == os.getpid():
+            if not self._reopen:  # a forked child never closes the parent's
                 self._conn.close()

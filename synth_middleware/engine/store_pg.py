@@ -71,7 +71,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -89,6 +88,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "pip install 'synth-middleware[postgres]'"
     ) from exc
 
+from synth_middleware import _fork
 from synth_middleware.engine.schema import latest_version, pending, statements
 from synth_middleware.engine.state import Event
 from synth_middleware.engine.store import (
@@ -422,8 +422,9 @@ class PostgresStore(Store):
         self._closed = False
         self._fresh: dict[str, tuple[int, float]] = {}  # session -> (max seq, checked at)
         self._candidates: dict[str, tuple[str, int]] = {}  # candidate -> (session, seq)
-        self._pid = os.getpid()
+        self._reopen = False  # forked: the pool is the parent's; open our own
         self._pool = self._open_pool()
+        _fork.reset_after_fork(self, "_after_fork")
         self.schema, self._write_sql = self._migrate()
 
     # -- connections -------------------------------------------------------
@@ -460,16 +461,22 @@ class PostgresStore(Store):
             raise StorageError(f"cannot connect to {self.display_url}: {exc}") from None
         return pool
 
+    def _after_fork(self) -> None:
+        # in a forked child: the pool's threads and sockets are the parent's (the next
+        # use opens ours); a lock held by a parent's thread would stay held forever
+        _ABANDONED.append(self._pool)
+        self._lock = threading.Lock()
+        self._fresh = {}
+        self._reopen = True
+
     def _check(self) -> None:
         if self._closed:
             raise StorageError("the store is closed")
-        if self._pid != os.getpid():  # forked: the pool's threads and sockets are the parent's
+        if self._reopen:
             with self._lock:
-                if self._pid != os.getpid():
-                    _ABANDONED.append(self._pool)
-                    self._pid = os.getpid()
-                    self._fresh = {}
+                if self._reopen:
                     self._pool = self._open_pool()
+                    self._reopen = False
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -728,5 +735,5 @@ class PostgresStore(Store):
                 return
             self._closed = True
             pool = getattr(self, "_pool", None)
-        if pool is not None and self._pid == os.getpid():
+        if pool is not None and not self._reopen:  # a forked child never closes the parent's
             pool.close(timeout=5.0)

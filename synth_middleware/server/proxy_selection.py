@@ -23,6 +23,7 @@ from typing import Any
 
 import cachetools
 
+from synth_middleware._logonce import LogOnce
 from synth_middleware.client.candidates import Candidate, parse_candidate
 from synth_middleware.client.selection import Categorical, routing_from_state
 from synth_middleware.engine import Engine
@@ -68,7 +69,7 @@ class CandidateChooser:
         self._refresh = refresh_interval
         self._recheck = recheck_interval
         self._cache: dict[str, SessionChoice] = {}
-        self._warned: set[str] = set()
+        self._logged = LogOnce(logger)  # one line per malformed candidate, not per rebuild
         self.rebuilds = 0
 
     def current(self, session_id: str) -> SessionChoice:
@@ -107,9 +108,8 @@ class CandidateChooser:
                 cand = parse_candidate(item)
             except CandidateError as exc:
                 cid = str(item.get("candidate_id"))
-                if cid not in self._warned and not item.get("is_baseline"):
-                    self._warned.add(cid)
-                    logger.warning("proxy: skipping candidate %s: %s", cid, exc)
+                if not item.get("is_baseline"):
+                    self._logged.warning(cid, "proxy: skipping candidate %s: %s", cid, exc)
                 continue
             parsed[cand.candidate_id] = cand
         ids = list(parsed)
