@@ -24,7 +24,29 @@ from synth_middleware.errors import (
 from synth_middleware.rollout import Rollout, current_rollout, rollout, rollout_of
 from synth_middleware.settings import Settings, configure, settings
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    # One source of truth, pyproject.toml's [project] version, read from the installed
+    # metadata (about 1 ms here). A source tree that was never installed has none:
+    # then pyproject.toml itself, then a version that says so.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synth-middleware")
+    except PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        try:
+            pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+            with pyproject.open("rb") as f:
+                return str(tomllib.load(f)["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
+
+
+__version__ = _version()
+"""The installed distribution's version (``pyproject.toml``'s ``[project] version``)."""
 
 __all__ = [
     "BackendError",
