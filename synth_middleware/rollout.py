@@ -160,10 +160,9 @@ class rollout:
         self.__exit__(*exc)
 
 
-try:  # the API's own runtime context: detaching through it skips the error log
-    from opentelemetry.context import _RUNTIME_CONTEXT as _OTEL_RUNTIME
-except ImportError:  # pragma: no cover - a future API without it
-    _OTEL_RUNTIME = None
+# The API's own runtime context: detaching through it skips the error log (None in a
+# future API without it).
+_OTEL_RUNTIME: Any = getattr(otel_context, "_RUNTIME_CONTEXT", None)
 
 
 def _safe_detach(token: object) -> None:
@@ -173,7 +172,7 @@ def _safe_detach(token: object) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
         return
     try:
-        _OTEL_RUNTIME.detach(token)  # type: ignore[arg-type]
+        _OTEL_RUNTIME.detach(token)
     except Exception:
         pass
 
