@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-classify evidence quickstart lint bench clean
+.PHONY: test demo demo-classify evidence quickstart lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The Banking77 online demo on the embedded backend, offline (stand-in model): baseline
@@ -38,8 +39,13 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The package and the integrations, as [tool.mypy] in pyproject.toml says (incremental:
+# about 13 s of CPU from a cold .mypy_cache, under 2 s after that).
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) .synth build *.egg-info
+	rm -rf $(VENV) .synth build *.egg-info .mypy_cache

@@ -34,6 +34,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Literal
 
 __all__ = [
@@ -75,7 +76,14 @@ SHARPENED_ROUTING = 6.0
 _MIN_GRID = 256
 _MAX_GRID = 4096
 _SPAN_SDS = 8.0
-_SQRT2 = math.sqrt(2.0)
+# Normal cdfs come from the stdlib's NormalDist (the same erf formula as the hand-written
+# one it replaced): about 0.14 us a call against 0.10 us by hand (timeit), on per-refresh
+# pairwise comparisons, noise next to the grids. The normal *density* stays hand-written
+# (Posterior.density): it fills the probability_best grids (up to 4096 points per
+# posterior, each state refresh), and NormalDist.pdf, one method call and one sqrt per
+# point, took 160 us per 1000 points against 100 us (1.6x). Tests check it against
+# NormalDist.pdf.
+_STD_NORMAL = NormalDist()
 _SQRT2PI = math.sqrt(2.0 * math.pi)
 
 
@@ -377,8 +385,7 @@ class Grid:
         """P(mean_i > mean_j + shift)."""
         a, b = self.posts[i], self.posts[j]
         if a.kind == "normal" and b.kind == "normal":
-            z = (a.mean - b.mean - shift) / math.sqrt(a.sd * a.sd + b.sd * b.sd)
-            return 0.5 * (1.0 + math.erf(z / _SQRT2))
+            return _STD_NORMAL.cdf((a.mean - b.mean - shift) / math.hypot(a.sd, b.sd))
         g0, g1 = self.support[i]
         mi = self.masses[i]
         if shift == 0.0:
@@ -419,15 +426,14 @@ def probability_best(posts: Sequence[Posterior]) -> list[float]:
 def prob_greater(a: Posterior, b: Posterior) -> float:
     """P(mean of ``a`` > mean of ``b``)."""
     if a.kind == "normal" and b.kind == "normal":
-        z = (a.mean - b.mean) / math.sqrt(a.sd * a.sd + b.sd * b.sd)
-        return 0.5 * (1.0 + math.erf(z / _SQRT2))
+        return _STD_NORMAL.cdf((a.mean - b.mean) / math.hypot(a.sd, b.sd))
     return Grid([a, b]).prob_greater(0, 1)
 
 
 def prob_below(p: Posterior, x: float) -> float:
     """P(mean of ``p`` < ``x``)."""
     if p.kind == "normal":
-        return 0.5 * (1.0 + math.erf((x - p.mean) / (p.sd * _SQRT2)))
+        return _STD_NORMAL.cdf((x - p.mean) / p.sd)
     if x <= 0.0:
         return 0.0
     if x >= 1.0:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import uvicorn
 
@@ -102,7 +102,7 @@ class ThreadServer:
         host: str = "127.0.0.1",
         port: int = 0,
         name: str = "server",
-        lifespan: str = "auto",
+        lifespan: Literal["auto", "on", "off"] = "auto",
         log_level: str = "warning",
         http: str = "h11",
         on_shutdown: Callable[[], None] | None = None,

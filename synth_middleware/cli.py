@@ -94,6 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
     except InsecureBindError as exc:
         print(f"synth-middleware serve: {exc}", file=sys.stderr)
         return 2
+    extra: dict[str, Any] = {}
+    if args.config_dir:  # else the config's own default
+        extra["config_dirs"] = tuple(args.config_dir)
     config = ServerConfig(
         api_key=api_key,
         upstream_url=args.upstream_url or os.environ.get("SYNTH_UPSTREAM_URL") or None,
@@ -108,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
                 h.strip() for h in os.environ.get("SYNTH_ALLOWED_HOSTS", "").split(",") if h.strip()
             ]
         ),
-        **({"config_dirs": tuple(args.config_dir)} if args.config_dir else {}),
+        **extra,
     )
     replica_options = None
     if args.lease_seconds is not None:

@@ -9,13 +9,14 @@ response (``response.synth`` / :func:`rollout_of`).
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
 from opentelemetry import context as otel_context
 
 from synth_middleware._ids import random_hex
@@ -37,14 +38,14 @@ def new_rollout_id() -> str:
 
 
 _OWN_ID_RE = re.compile(r"ro_[0-9a-f]{24}")
-_app_ids: OrderedDict[str, None] = OrderedDict()  # ids the app chose, most recent last
 _MAX_APP_IDS = 65536
+_app_ids: LRUCache[str, None] = LRUCache(maxsize=_MAX_APP_IDS)  # ids the app chose
+_app_ids_lock = threading.Lock()  # an LRUCache update is several steps, not atomic
 
 
 def _remember_app_id(rollout_id: str) -> None:
-    _app_ids[rollout_id] = None
-    if len(_app_ids) > _MAX_APP_IDS:
-        _app_ids.popitem(last=False)
+    with _app_ids_lock:
+        _app_ids[rollout_id] = None
 
 
 def may_name_rollout(rollout_id: str) -> bool:
@@ -159,10 +160,9 @@ class rollout:
         self.__exit__(*exc)
 
 
-try:  # the API's own runtime context: detaching through it skips the error log
-    from opentelemetry.context import _RUNTIME_CONTEXT as _OTEL_RUNTIME
-except ImportError:  # pragma: no cover - a future API without it
-    _OTEL_RUNTIME = None
+# The API's own runtime context: detaching through it skips the error log (None in a
+# future API without it).
+_OTEL_RUNTIME: Any = getattr(otel_context, "_RUNTIME_CONTEXT", None)
 
 
 def _safe_detach(token: object) -> None:
@@ -172,7 +172,7 @@ def _safe_detach(token: object) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
         return
     try:
-        _OTEL_RUNTIME.detach(token)  # type: ignore[arg-type]
+        _OTEL_RUNTIME.detach(token)
     except Exception:
         pass
 

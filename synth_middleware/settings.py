@@ -60,6 +60,7 @@ class Settings:
 
 
 settings = Settings()
+"""The process-wide settings (change them with :func:`configure`)."""
 
 
 def configure(**changes: object) -> Settings:

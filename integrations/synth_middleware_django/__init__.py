@@ -16,6 +16,7 @@ token in ``x-synth-rollout``, which a later request can send to
 (or :func:`get_rollout`) is the request's :class:`~synth_middleware.Rollout`.
 """
 
+from synth_middleware_django import _compat  # noqa: F401  (the version guard: first)
 from synth_middleware_django.middleware import SynthMiddleware, get_rollout
 
 __all__ = ["SynthMiddleware", "get_rollout"]

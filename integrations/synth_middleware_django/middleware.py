@@ -57,7 +57,7 @@ class SynthMiddleware:
         """The async path."""
         rr = self._open(request)
         if rr is None:
-            return await self.get_response(request)  # type: ignore[no-any-return]
+            return await self.get_response(request)
         rr.activate()
         try:
             response = await self.get_response(request)
@@ -80,11 +80,11 @@ class SynthMiddleware:
     def _respond(self, response: HttpResponseBase, rr: RequestRollout) -> HttpResponseBase:
         response[self.config.header] = rr.token()
         if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
-            content = response.streaming_content  # type: ignore[attr-defined]
+            content = response.streaming_content
             if getattr(response, "is_async", False):
-                response.streaming_content = _astream(content, rr)  # type: ignore[attr-defined]
+                response.streaming_content = _astream(content, rr)
             else:
-                response.streaming_content = _stream(content, rr)  # type: ignore[attr-defined]
+                response.streaming_content = _stream(content, rr)
         else:
             rr.finish()
         return response

@@ -16,6 +16,7 @@ a later request can send to ``POST /synth/feedback`` with a reward.
 """
 
 from synth_middleware.client._web import ROLLOUT_HEADER, FeedbackError, WebConfig
+from synth_middleware_fastapi import _compat  # noqa: F401  (the version guard: first)
 from synth_middleware_fastapi.feedback import (
     AuthCheck,
     SynthRollout,

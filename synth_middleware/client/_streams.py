@@ -7,7 +7,7 @@ and drops the stream still ends the span, from ``__del__``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wrapt
 
@@ -52,7 +52,15 @@ class _StreamSummary:
         self.usage = usage
 
 
-class SyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
+if TYPE_CHECKING:
+    # wrapt 2 types its proxies (generic in the wrapped type); wrapt 1.x, which
+    # pyproject still allows, is neither typed nor subscriptable at run time
+    ObjectProxy = wrapt.ObjectProxy[Any]
+else:
+    ObjectProxy = wrapt.ObjectProxy
+
+
+class SyncStream(ObjectProxy):
     """Proxy of ``openai.Stream`` that finishes the rollout's span at the end."""
 
     def __init__(self, stream: Any, call: Call) -> None:
@@ -111,7 +119,7 @@ class SyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_finish()
 
 
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamProxy(ObjectProxy):
     """Proxy of ``openai.AsyncStream`` that finishes the rollout's span at the end."""
 
     def __init__(self, stream: Any, call: Call) -> None:
@@ -170,7 +178,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_finish()
 
 
-class StreamingResponseManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class StreamingResponseManager(ObjectProxy):
     """Proxy of the context manager ``with_streaming_response.create`` returns.
 
     The rollout is on the response from ``__enter__``; the span ends at
@@ -315,7 +323,7 @@ class ResponseEventStreamManager(StreamingResponseManager):
             self._self_call.fail(exc)
 
 
-class RawResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+class RawResponse(ObjectProxy):
     """Proxy of a raw (legacy) API response: ``parse()`` results carry the rollout too."""
 
     def __init__(self, raw: Any, call: Call) -> None:

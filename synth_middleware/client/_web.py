@@ -452,7 +452,8 @@ def parse_feedback(
         raise ValueError(f"per_token must be one of {', '.join(FEEDBACK_MODES)}")
     key = None
     if per_token == "once":
-        digest = hashlib.blake2b(raw_token.encode("ascii"), digest_size=16).hexdigest()
+        # verify_token accepted it: a str
+        digest = hashlib.blake2b(str(raw_token).encode("ascii"), digest_size=16).hexdigest()
         key = f"fb_{digest}"
     return Feedback(token, value, feedback, dict(metadata) if metadata else None, key)
 

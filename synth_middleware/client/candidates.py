@@ -433,7 +433,7 @@ def _norm_role(role: Any) -> Any:
     return "system" if role == "developer" else role
 
 
-def _role_matches(role: Any, target: str) -> bool:
+def _role_matches(role: object, target: str) -> bool:
     if target in _ALL_ROLES:
         return True
     if target == "system" or target == "developer":
@@ -683,16 +683,16 @@ def _parse_transformation(body: Mapping[str, Any], cid: str) -> _Transformation:
             ex_where = f"{where}.examples[{j}]"
             if not isinstance(ex, Mapping):
                 raise CandidateError(f"candidate {cid!r}: {ex_where} must be an object")
-            role = ex.get("role")
+            ex_role = ex.get("role")
             content = ex.get("content")
-            if not isinstance(role, str) or not role:
+            if not isinstance(ex_role, str) or not ex_role:
                 raise CandidateError(f"candidate {cid!r}: {ex_where}.role must be a string")
             if not isinstance(content, str):
                 raise CandidateError(
                     f"candidate {cid!r}: {ex_where}.content must be a string, "
                     f"got {type(content).__name__}"
                 )
-            pairs: list[tuple[str, str]] = [("role", role), ("content", content)]
+            pairs: list[tuple[str, str]] = [("role", ex_role), ("content", content)]
             name = ex.get("name")
             if isinstance(name, str) and name:
                 pairs.append(("name", name))

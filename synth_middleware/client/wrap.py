@@ -12,12 +12,11 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import wrapt
-
 from synth_middleware.client._call import Call, WrapConfig
 from synth_middleware.client._streams import (
     AsyncStreamProxy,
     EventStreamManager,
+    ObjectProxy,
     RawResponse,
     ResponseEventStreamManager,
     StreamingResponseManager,
@@ -115,7 +114,7 @@ def wrap(
     reporter = reporter_for(
         backend,
         on_error=on_error,
-        outbox=os.fspath(outbox) if outbox is not False else None,
+        outbox=os.fspath(outbox) if isinstance(outbox, str | os.PathLike) else None,
         batch_size=batch_size,
         flush_interval=flush_interval,
         max_queue=max_queue,
@@ -192,7 +191,7 @@ def _is_async(client: Any) -> bool:
     return isinstance(client, openai.AsyncOpenAI)
 
 
-class _ClientProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ClientProxy(ObjectProxy):
     def __init__(self, client: Any, cfg: WrapConfig) -> None:
         super().__init__(client)
         self._self_cfg = cfg
@@ -229,7 +228,7 @@ class _ClientProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         return f"<synth-wrapped {self.__wrapped__!r} session={self._self_cfg.session!r}>"
 
 
-class _ChatProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ChatProxy(ObjectProxy):
     def __init__(self, chat: Any, cfg: WrapConfig, is_async: bool) -> None:
         super().__init__(chat)
         self._self_completions = _CompletionsProxy(chat.completions, cfg, is_async)
@@ -239,7 +238,7 @@ class _ChatProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_completions
 
 
-class _ResourceProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ResourceProxy(ObjectProxy):
     """A resource (``chat.completions``, ``responses``) whose ``create``, ``parse``
     (structured outputs, in the SDK since 1.92) and ``stream()`` helper are ours,
     and so are ``create`` and ``parse`` of its ``with_raw_response`` and
@@ -318,7 +317,7 @@ class _ResponsesProxy(_ResourceProxy):
         super().__init__(responses, cfg, is_async, "responses", ResponseEventStreamManager)
 
 
-class _MethodsProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _MethodsProxy(ObjectProxy):
     """A resource proxy whose ``create`` and ``parse`` are ours; the rest passes through."""
 
     def __init__(self, resource: Any, methods: dict[str, Any]) -> None:

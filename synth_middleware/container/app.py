@@ -82,6 +82,7 @@ __all__ = [
 logger = logging.getLogger("synth_middleware.container")
 
 ENV_API_KEY = "ENVIRONMENT_API_KEY"
+"""The environment variable holding the key callers must send (``X-API-Key``)."""
 ENV_API_KEY_ALIASES = "ENVIRONMENT_API_KEY_ALIASES"
 ENV_INFERENCE_KEY = "SYNTH_CONTAINER_INFERENCE_KEY"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -243,6 +244,7 @@ class RolloutContext:
 
 
 RolloutFn = Callable[[RolloutContext], Awaitable[Outcome]]
+"""A task's rollout function: ``async def fn(ctx: RolloutContext) -> Outcome``."""
 
 
 @dataclass

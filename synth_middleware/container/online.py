@@ -97,7 +97,9 @@ class OnlineRunner:
                 error=f"{type(exc).__name__}: {exc}",
                 seconds=time.perf_counter() - started,
             )
-        meta = {k: result.details[k] for k in ("expected", "predicted") if k in result.details}
+        meta: dict[str, Any] = {
+            k: result.details[k] for k in ("expected", "predicted") if k in result.details
+        }
         meta["seed"] = seed
         ack = await self.session.update_reward_async(
             reward_info={"score": result.reward},

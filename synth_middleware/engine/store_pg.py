@@ -538,7 +538,7 @@ class PostgresStore(Store):
                     steps = pending("postgresql", current)
                     for migration in steps:
                         for stmt in statements(migration.ddl("postgresql") or ""):
-                            conn.execute(stmt)  # type: ignore[call-overload]
+                            conn.execute(stmt)
                     if steps:
                         conn.execute("DELETE FROM synth_schema_version")
                         conn.execute(
@@ -691,7 +691,7 @@ class PostgresStore(Store):
         with self.connection() as conn:
             committed = False
             try:
-                cur = conn.execute(self._write_sql)  # type: ignore[call-overload]
+                cur = conn.execute(self._write_sql)
                 while cur.nextset():
                     pass
                 row = cur.fetchone()

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -197,9 +197,13 @@ class _AsyncOnlineSessions:
         return list(answer.get("items") or [])
 
 
-class _Optimization:
-    def __init__(self, online: _OnlineSessions | _AsyncOnlineSessions) -> None:
-        self.online = online
+_Online = TypeVar("_Online", _OnlineSessions, _AsyncOnlineSessions)
+
+
+class _Optimization(Generic[_Online]):
+    # generic so that `client.optimization.online` has the client's flavour (sync or async)
+    def __init__(self, online: _Online) -> None:
+        self.online: _Online = online
 
 
 class SynthClient(JobsMixin):

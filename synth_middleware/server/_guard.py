@@ -103,7 +103,7 @@ class RequestGuardMiddleware:
         probe = scope.get("method") in ("GET", "HEAD") and scope.get("path") == "/health"
         if policy is not None and not policy.any and not probe:  # /health: no data, any Host
             client = scope.get("client")
-            in_process = bool(client) and client[0] == "testclient"  # Starlette's TestClient
+            in_process = bool(client and client[0] == "testclient")  # Starlette's TestClient
             for name, value in headers:
                 if name == b"host":
                     host = host_of(value.decode("latin-1"))

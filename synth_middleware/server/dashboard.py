@@ -118,7 +118,8 @@ def reward_series(ctx: ServerContext, session_id: str, buckets: int) -> dict[str
     for ev in store.reward_events_for(list(cand_of)):
         p = ev.payload
         value = p.get("value")
-        cid = p.get("candidate_id") or cand_of.get(p.get("rollout_id"))
+        rid = p.get("rollout_id")
+        cid = p.get("candidate_id") or (cand_of.get(rid) if isinstance(rid, str) else None)
         if cid is None or not isinstance(value, int | float) or not math.isfinite(value):
             continue
         points.append((float(p.get("created_at") or ev.created_at), str(cid), float(value)))
@@ -194,7 +195,7 @@ def dashboard_session(
     reward over time."""
     validate_session_id(session_id)
     ctx.require_session(session_id)
-    state = dict(ctx.engine.get_state(session_id))
+    state: dict[str, Any] = dict(ctx.engine.get_state(session_id))
     rr = state.get("reward_range")
     bounded = not rr or (rr[0] >= 0.0 and rr[1] <= 1.0)
     return json_response(

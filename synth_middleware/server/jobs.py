@@ -61,6 +61,7 @@ survives a restart (a job that was running is then reported ``failed``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -594,8 +595,13 @@ class JobManager:
         added = False
         for p in result.proposals:
             await self.ctx.writer.call(
-                lambda p=p: engine.add_candidate(
-                    sid, p.content, payload=p.payload, parent_id=p.parent_id, metadata=p.metadata
+                functools.partial(
+                    engine.add_candidate,
+                    sid,
+                    p.content,
+                    payload=p.payload,
+                    parent_id=p.parent_id,
+                    metadata=p.metadata,
                 )
             )
             added = True
@@ -894,7 +900,7 @@ def job_rollout_call(ctx: ServerContext, scope: Mapping[str, Any]) -> bool:
     if m is None:
         return False
     rollouts = ctx.extra.get("job_rollouts")
-    return bool(rollouts) and (m["sid"], m["rid"]) in rollouts
+    return rollouts is not None and (m["sid"], m["rid"]) in rollouts
 
 
 def jobs_of(ctx: ServerContext) -> JobManager:
@@ -902,7 +908,7 @@ def jobs_of(ctx: ServerContext) -> JobManager:
     manager = ctx.extra.get(_EXTRA_KEY)
     if manager is None:
         manager = ctx.extra[_EXTRA_KEY] = JobManager(ctx)
-    return manager  # type: ignore[no-any-return]
+    return manager
 
 
 async def shutdown_jobs(ctx: ServerContext) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib
 import json
 import re
 import threading
@@ -163,20 +164,20 @@ def _forced_tool_name(body: dict[str, Any]) -> str | None:
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         function = choice.get("function")
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            return function["name"]  # chat completions shape
-        if isinstance(choice.get("name"), str):
-            return choice["name"]  # Responses API shape
+        if isinstance(function, dict) and isinstance(name := function.get("name"), str):
+            return name  # chat completions shape
+        if isinstance(name := choice.get("name"), str):
+            return name  # Responses API shape
         return None
     if choice == "required":
         for tool in tools:
             if not isinstance(tool, dict):
                 continue
             function = tool.get("function")
-            if isinstance(function, dict) and isinstance(function.get("name"), str):
-                return function["name"]
-            if isinstance(tool.get("name"), str):
-                return tool["name"]
+            if isinstance(function, dict) and isinstance(name := function.get("name"), str):
+                return name
+            if isinstance(name := tool.get("name"), str):
+                return name
     return None
 
 
@@ -187,7 +188,7 @@ def _new_id(prefix: str) -> str:
 def _chat_completion(body: dict[str, Any], reply: str, model: str) -> dict[str, Any]:
     """A non-streaming ``chat.completion`` object for ``body`` answering ``reply``."""
     tool_name = _forced_tool_name(body)
-    n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
+    n = raw_n if isinstance(raw_n := body.get("n"), int) and raw_n > 0 else 1
     choices = []
     for index in range(n):
         if tool_name is None:
@@ -360,8 +361,19 @@ def _response_events(body: dict[str, Any], reply: str, model: str) -> Iterator[d
     ids = {"response_id": _new_id("resp_"), "item_id": _new_id("msg_")}
     created_at = int(time.time())
     item_id = ids["item_id"]
-    pending = _response_object(body, reply, model, **ids, created_at=created_at, completed=False)
-    final = _response_object(body, reply, model, **ids, created_at=created_at)
+    response_id = ids["response_id"]
+    pending = _response_object(
+        body,
+        reply,
+        model,
+        response_id=response_id,
+        item_id=item_id,
+        created_at=created_at,
+        completed=False,
+    )
+    final = _response_object(
+        body, reply, model, response_id=response_id, item_id=item_id, created_at=created_at
+    )
     item = final["output"][0]
     events: list[dict[str, Any]] = [
         {"type": "response.created", "response": pending},
@@ -788,17 +800,16 @@ def _sse(events: Iterator[str]) -> StreamingResponse:
 
 
 def _import_httpx2() -> Any:
-    try:
-        import httpx2
-    except ImportError:  # pragma: no cover - depends on the installed openai SDK
+    # httpx2, else httpx: older openai SDKs are built on httpx
+    for name in ("httpx2", "httpx"):
         try:
-            import httpx as httpx2  # older openai SDKs are built on httpx
-        except ImportError as exc:
-            raise ImportError(
-                "in_memory_http_client needs the 'httpx2' package (installed with openai "
-                ">= 3) or 'httpx' for older openai SDKs"
-            ) from exc
-    return httpx2
+            return importlib.import_module(name)
+        except ImportError:  # pragma: no cover - depends on the installed openai SDK
+            continue
+    raise ImportError(
+        "in_memory_http_client needs the 'httpx2' package (installed with openai "
+        ">= 3) or 'httpx' for older openai SDKs"
+    )
 
 
 class _InMemoryHandler:
@@ -883,7 +894,10 @@ def in_memory_http_client(
         ImportError: Neither ``httpx2`` nor ``httpx`` is installed.
     """
     httpx = _import_httpx2()
-    return httpx.Client(transport=httpx.MockTransport(_InMemoryHandler(httpx, reply, model)))
+    client: httpx2.Client = httpx.Client(
+        transport=httpx.MockTransport(_InMemoryHandler(httpx, reply, model))
+    )
+    return client
 
 
 def async_in_memory_http_client(
@@ -891,4 +905,7 @@ def async_in_memory_http_client(
 ) -> httpx2.AsyncClient:
     """Like :func:`in_memory_http_client`, as an ``httpx2.AsyncClient`` for ``AsyncOpenAI``."""
     httpx = _import_httpx2()
-    return httpx.AsyncClient(transport=httpx.MockTransport(_InMemoryHandler(httpx, reply, model)))
+    client: httpx2.AsyncClient = httpx.AsyncClient(
+        transport=httpx.MockTransport(_InMemoryHandler(httpx, reply, model))
+    )
+    return client

@@ -44,7 +44,8 @@ class Encoder:
         vecs = np.asarray(self._model.embed(list(texts), norm=False), dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         vecs = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
-        return np.nan_to_num(vecs, copy=False)
+        rows: np.ndarray = np.nan_to_num(vecs, copy=False)
+        return rows
 
 
 _LOCK = threading.Lock()

@@ -46,12 +46,13 @@ import asyncio
 import json
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -100,9 +101,8 @@ class _IndexCache:
     and embedded once, not per call)."""
 
     def __init__(self, size: int = 256) -> None:
-        self._items: OrderedDict[tuple[Any, ...], _Index] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
+        self._items: LRUCache[tuple[Any, ...], _Index] = LRUCache(maxsize=size)
+        self._lock = threading.Lock()  # LRUCache is not thread-safe; threads share this
 
     def get(
         self,
@@ -112,17 +112,14 @@ class _IndexCache:
     ) -> _Index:
         key = (labels, instructions, examples)
         with self._lock:
-            index = self._items.get(key)
+            index = self._items.get(key)  # a hit makes the key the most recent
             if index is not None:
-                self._items.move_to_end(key)
                 return index
         reading = read_prompt(instructions, labels, examples)
         matrix = get_encoder().embed(list(reading.documents()))
         index = _Index(labels, matrix, len(reading.examples), len(reading.texts))
         with self._lock:
-            self._items[key] = index
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self._items[key] = index  # evicts the least recently used beyond size
         return index
 
 
