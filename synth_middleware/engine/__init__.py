@@ -31,7 +31,7 @@ Selection (who is best, promotion, rollback, pruning) is
 
 from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
 from synth_middleware.engine.config import SessionConfig, parse_session_config
-from synth_middleware.engine.engine import Engine, RolloutsResult, validate_session_id
+from synth_middleware.engine.engine import Engine, RolloutsResult
 from synth_middleware.engine.factory import is_postgres_url, open_store
 from synth_middleware.engine.state import (
     CandidateState,
@@ -40,6 +40,7 @@ from synth_middleware.engine.state import (
     best_candidate,
 )
 from synth_middleware.engine.store import SqliteStore, StorageError, Store, WriteTxn
+from synth_middleware.wire import validate_session_id
 
 __all__ = [
     "CandidateState",

@@ -84,7 +84,7 @@ from synth_middleware.engine.state import (
     REWARD,
     SESSION_STATUS,
 )
-from synth_middleware.engine.store import encode_json
+from synth_middleware.wire import encode_json
 
 if TYPE_CHECKING:
     from synth_middleware.engine.store_pg import PostgresStore

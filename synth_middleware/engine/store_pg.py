@@ -97,8 +97,8 @@ from synth_middleware.engine.store import (
     StorageError,
     Store,
     WriteTxn,
-    encode_json,
 )
+from synth_middleware.wire import encode_json
 
 __all__ = [
     "SCHEMA_VERSION",

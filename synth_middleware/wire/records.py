@@ -130,7 +130,7 @@ def parse_reward(index: int, record: object, now: float) -> ValidReward | Reward
         created_at,
         session_id,
         candidate_id,
-        feedback,  # type: ignore[arg-type]
+        feedback,
         metadata,
         stop,
     )
@@ -195,4 +195,4 @@ def parse_rollout(index: int, record: object, now: float) -> ValidRollout:
         detail["dropped"] = dropped
     if dropped or "truncated" in detail:  # rare: the details changed after the encode
         encoded = encode_json(detail)
-    return ValidRollout(index, session_id, rollout_id, candidate_id, created, detail, encoded)  # type: ignore[arg-type]
+    return ValidRollout(index, session_id, rollout_id, candidate_id, created, detail, encoded)

@@ -11,7 +11,7 @@ import json
 import math
 import numbers
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from synth_middleware.errors import InvalidRequestError
 from synth_middleware.wire.limits import (
@@ -116,7 +116,7 @@ def clamp_reward(value: float) -> float:
     return max(-MAX_ABS_REWARD, min(MAX_ABS_REWARD, value))
 
 
-def is_session_id(value: object) -> bool:
+def is_session_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a valid session id (see :data:`SESSION_ID_RE`)."""
     return isinstance(value, str) and SESSION_ID_RE.fullmatch(value) is not None
 
@@ -131,10 +131,10 @@ def validate_session_id(session_id: object) -> str:
         raise InvalidRequestError(
             f"invalid session_id {shown}: use 1-200 characters of A-Z a-z 0-9 . _ : -"
         )
-    return session_id  # type: ignore[return-value]  # is_session_id checked the type
+    return session_id  # is_session_id checked the type
 
 
-def is_id(value: object) -> bool:
+def is_id(value: object) -> TypeGuard[str]:
     """A usable opaque id: non-empty str of at most :data:`MAX_ID_CHARS`, storable as
     UTF-8, no NUL (PostgreSQL's text cannot hold one)."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS or "\x00" in value:
