@@ -197,3 +197,61 @@ def test_snapshot_replay_gives_the_same_decisions() -> None:
     assert ev.effect_lower is not None and ev.effect_upper is not None
     assert ev.effect_lower <= (ev.effect or 0.0) <= ev.effect_upper
     assert all(math.isfinite(w) for w in s.st.policy().routing.values())
+
+
+# -- screen, then confirm ------------------------------------------------------------
+
+
+def test_ledger_confirmatory_evidence_starts_at_entry() -> None:
+    """Before entry nothing counts for promotion; after it, only what follows: a
+    challenger that looked great before entering starts from zero."""
+    led = EvidenceLedger()
+    led.activate("base")
+    led.activate("c")
+    for i in range(200):  # c far better before its entry
+        led.observe("c" if i % 2 else "base", float(i % 2), 0.5)
+    assert led.pair_since_entry("c", "base") is None
+    assert led.enter("c") and not led.enter("c")  # once
+    assert led.entries == {"c": 1}
+    pe = led.pair_since_entry("c", "base")
+    assert pe is not None and pe.t == 0 and pe.s == 0.0
+    for i in range(100):  # equal after entry
+        led.observe("c" if i % 2 else "base", float(i % 4 < 2), 0.5)
+    pe = led.pair_since_entry("c", "base")
+    assert pe is not None and pe.t == 100 and pe.n_first == 50 and pe.n_second == 50
+    assert abs(pe.estimate or 0.0) < 0.3
+    assert (led.pair("c", "base").estimate or 0.0) > 0.3  # the whole period still sees it
+    again = EvidenceLedger.from_json(led.to_json())
+    assert again.pair_since_entry("c", "base") == pe and again.entries == {"c": 1}
+    led.deactivate("c")  # archived: its place in the order stays spent
+    led.activate("d")
+    led.enter("d")
+    assert led.entries == {"c": 1, "d": 2}
+
+
+def test_screening_tests_a_late_winner_at_an_early_level() -> None:
+    """Five challengers no better than the baseline, then a +20-point one created sixth:
+    it is tested at the level of its place in the order of *entry* (an equal one enters
+    only when its posterior happens to look promising), usually the first (alpha / 2),
+    never the sixth it would be in creation order (alpha / 42)."""
+    first = named = 0
+    for seed in range(12):
+        s = Session([0.44] * 6 + [0.64])
+        s.run(1500, random.Random(300 + seed))
+        d = s.st.policy()
+        v = d.verdicts["c6"]
+        assert v.entered and v.index < 6
+        assert v.alpha == pytest.approx(challenger_alpha(v.index, 0.05))
+        first += v.index == 1
+        named += d.best_id == "c6"
+        assert all(c == "c6" for c in s.named)
+        assert s.st.to_wire()["policy"]["evidence"]["c6"]["entered"] is True
+    assert first >= 6 and named >= 10
+
+
+def test_screening_off_tests_every_challenger_in_creation_order() -> None:
+    s = Session([0.44, 0.44, 0.64], {"online_screen_probability": 0.0})
+    s.run(50, random.Random(5))
+    d = s.st.policy()
+    assert d.verdicts["c1"].index == 1 and d.verdicts["c2"].index == 2
+    assert d.verdicts["c2"].entered and s.st.evidence.entries == {}
