@@ -158,16 +158,23 @@ def _pbest_mc(
 
 
 def _weights(
-    pbest: np.ndarray, active: np.ndarray, unresolved: np.ndarray, routing: str, st: PolicySettings
+    pbest: np.ndarray,
+    active: np.ndarray,
+    unresolved: np.ndarray,
+    routing: str,
+    st: PolicySettings,
+    ref: np.ndarray,
 ) -> np.ndarray:
-    """Routing weights per seed with the engine's own functions (per seed)."""
+    """Routing weights per seed with the engine's own functions (per seed); ``ref`` is
+    each seed's reference arm (the named best, or the baseline, 0)."""
     s, k = pbest.shape
     out = np.zeros((s, k))
     for i in range(s):
         js = np.flatnonzero(active[i])
         pb = [float(pbest[i, j]) for j in js]
         w = top_two_weights(pb) if routing == "top_two" else pb
-        base_i = int(np.flatnonzero(js == 0)[0]) if 0 in js else None
+        hit = np.flatnonzero(js == ref[i])
+        base_i = int(hit[0]) if hit.size else None
         mixed = mix_floors(w, base_i, bool(unresolved[i]), st)
         out[i, js] = mixed
     return out / out.sum(1, keepdims=True)
@@ -181,7 +188,7 @@ def _screen(
     rank: np.ndarray,
     n_entered: np.ndarray,
     sums: tuple[np.ndarray, np.ndarray],
-    at_entry: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    at_entry: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """One epoch's screening per seed: P(beats the baseline) of the Beta posteriors
     (``beta_posterior`` and ``p_greater``, in numpy), then the engine's own
@@ -196,7 +203,7 @@ def _screen(
     need = max(1, st.min_rollouts_for_best // 2)
     maybe = (active & (rank == 0) & (cnt >= need) & (p >= st.screen_probability))[:, 1:].any(1)
     s_, q_ = sums
-    s0, q0, sb0, qb0 = at_entry
+    at_s, at_q = at_entry
     for i in np.flatnonzero(maybe):
         js = [j for j in range(1, cnt.shape[1]) if active[i, j]]
         pick = screen_pick(
@@ -211,7 +218,8 @@ def _screen(
         j = int(pick)
         n_entered[i] += 1
         rank[i, j] = n_entered[i]
-        s0[i, j], q0[i, j], sb0[i, j], qb0[i, j] = s_[i, j], q_[i, j], s_[i, 0], q_[i, 0]
+        at_s[i, j] = s_[i]  # every arm's sums at j's entry
+        at_q[i, j] = q_[i]
 
 
 _erf = np.vectorize(math.erf, otypes=[float])
@@ -255,10 +263,8 @@ def simulate(
     # sum at entry, as EvidenceLedger.enter keeps them
     rank = np.zeros((seeds, k), dtype=int)
     n_entered = np.zeros(seeds, dtype=int)
-    s0 = np.zeros((seeds, k))
-    q0 = np.zeros((seeds, k))
-    sb0 = np.zeros((seeds, k))
-    qb0 = np.zeros((seeds, k))
+    at_s = np.zeros((seeds, k, k))  # [seed, entrant, arm]: the arm's sums at the entry
+    at_q = np.zeros((seeds, k, k))
     alpha_r = np.array(
         [1.0] + [challenger_alpha(j, st.alpha, spend=st.bonferroni) for j in range(1, k + 1)]
     )
@@ -269,10 +275,12 @@ def simulate(
     epoch_at = 0
     for t in range(1, sc.horizon + 1):
         if weights is None or (t - 1) - epoch_at >= epoch_length(epoch_at):
-            weights = _weights(_pbest_mc(rng, succ, cnt, active), active, unresolved, routing, st)
+            ref = np.maximum(incumbent, 0)
+            pb = _pbest_mc(rng, succ, cnt, active)
+            weights = _weights(pb, active, unresolved, routing, st, ref)
             epoch_at = t - 1
             if screening:
-                _screen(st, succ, cnt, active, rank, n_entered, (s_, q_), (s0, q0, sb0, qb0))
+                _screen(st, succ, cnt, active, rank, n_entered, (s_, q_), (at_s, at_q))
         cum = weights.cumsum(1)
         arm = np.minimum((rng.random(seeds)[:, None] >= cum).sum(1), k - 1)
         prop = weights[rows, arm]
@@ -297,8 +305,10 @@ def simulate(
         vd = q_ + q_[:, :1]
         b = boundary(vd, alpha_k[None], rho, log=np.log)
         if screening:  # promotion on the evidence since entry, at the entry rank's level
-            se = (s_ - s0) - (s_[:, :1] - sb0)
-            ve = np.maximum((q_ - q0) + (q_[:, :1] - qb0), 1e-300)
+            own_s = s_ - np.diagonal(at_s, axis1=1, axis2=2)  # each arm's sums since entry
+            own_q = q_ - np.diagonal(at_q, axis1=1, axis2=2)
+            se = own_s - (s_[:, :1] - at_s[:, :, 0])
+            ve = np.maximum(own_q + (q_[:, :1] - at_q[:, :, 0]), 1e-300)
             be = boundary(ve, alpha_r[rank], rho, log=np.log)
             eligible = (rank > 0) & (cnt >= st.min_rollouts_for_best) & (se > be) & active
         else:
@@ -319,11 +329,20 @@ def simulate(
         # shown worse than the baseline (then it is also pruned: rows of `prune`)
         worse = -sd > b
         keep = has_inc & active[rows, inc] & ~worse[rows, inc] & ~prune[rows, inc]
-        if screening:  # a challenger replaces the incumbent at its entry rank's level
+        # a challenger takes the name by beating the incumbent (policy.evaluate): on the
+        # evidence since its entry, at its entry rank's level, when screening
+        can = vs_inc & (cnt >= st.min_rollouts_for_best) & active & ~prune
+        can[:, 0] = False
+        if screening:
+            inc_s = s_[rows, inc][:, None] - at_s[rows, :, inc]
+            inc_q = q_[rows, inc][:, None] - at_q[rows, :, inc]
+            s_inc = own_s - inc_s
+            v_inc = np.maximum(own_q + inc_q, 1e-300)
             b_inc = boundary(v_inc, alpha_r[rank], rho, log=np.log)
-        beats_inc = eligible & vs_inc & (s_inc > b_inc)
+            can &= rank > 0
+        beats_inc = can & (s_inc > b_inc)
         replace = keep & beats_inc.any(1)
-        best_beater = np.where(beats_inc, lower, -np.inf).argmax(1)
+        best_beater = np.where(beats_inc, (s_inc - b_inc) / t, -np.inf).argmax(1)
         any_el = eligible.any(1)
         fresh = lower.argmax(1)
         named = np.where(keep, np.where(replace, best_beater, inc), np.where(any_el, fresh, -1))
@@ -336,8 +355,14 @@ def simulate(
         if best_arm >= 0:
             archived_winner |= prune[:, best_arm]
         active &= ~prune
-        # the baseline floor: no challenger named and one is unresolved
-        unresolved = (named < 0) & (active[:, 1:] & ~eligible[:, 1:]).any(1)
+        # the reference's floor: the baseline while nothing is named and a challenger is
+        # unresolved; then the named best while any other challenger is live
+        others = active.copy()
+        others[:, 0] = False
+        others[rows, np.maximum(named, 0)] = False
+        unresolved = np.where(
+            named < 0, (active[:, 1:] & ~eligible[:, 1:]).any(1), others.any(1)
+        )
     if sc.horizon < 1000:
         regret_1000 = regret
     return {

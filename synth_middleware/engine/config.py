@@ -113,7 +113,8 @@ class SessionConfig(BaseModel):
         0.2,
         ge=0.0,
         le=0.5,
-        description="share of traffic the baseline keeps while any challenger is unresolved",
+        description="share of traffic the reference keeps while a challenger is unresolved: "
+        "the baseline until a challenger is named, then the named best",
     )
     online_routing_floor: float = Field(
         0.01, ge=0.0, le=0.1, description="share of traffic every active candidate keeps"

@@ -24,9 +24,11 @@ generation's challengers in creation order).
   enough rewards is eligible.
 * **Naming and incumbency.** The named best is the incumbent (the previously
   named best, recorded by the optimizer runner) until the evidence shows it
-  worse than the baseline, unless another eligible candidate beats *it* on the
-  same evidence rule; otherwise the eligible candidate with the highest lower
-  bound on its gain; otherwise the baseline. (Keeping the name until shown
+  worse than the baseline, unless another challenger beats *it* on the same
+  evidence rule (since its entry, at its own level: with the incumbent shown
+  better than the baseline, beating it is beating the baseline, and each of
+  the two tests spends its own share of alpha); otherwise the eligible
+  candidate with the highest lower bound on its gain; otherwise the baseline. (Keeping the name until shown
   worse, rather than while the bound stays above zero, is what stops a named
   best from flapping: once it is named the baseline's traffic falls, and each
   of its rare rewards widens the interval.)
@@ -43,10 +45,14 @@ generation's challengers in creation order).
   an unlucky start keeps its slot.
 * **Routing** (``routing_weights`` of the published state, what clients draw
   from): Thompson sampling (``online_routing="thompson"``, P(best) of the
-  Beta/Normal posteriors) or top-two Thompson, mixed with floors: while no
-  challenger is named and any is unresolved (neither eligible nor pruned), the
-  baseline keeps ``online_baseline_floor`` of the traffic (20%), and every
-  active candidate keeps ``online_routing_floor`` (1%), so the evidence above keeps coming and the
+  Beta/Normal posteriors) or top-two Thompson, mixed with floors. The
+  *reference* keeps ``online_baseline_floor`` of the traffic (20%): the
+  baseline while no challenger is named and any is unresolved (neither
+  eligible nor pruned), then the named best while any other challenger is
+  live (a better one must beat it to take the name, and starving it would
+  stall that evidence as starving the baseline would; a floor on the best
+  known arm costs little reward). Every active candidate keeps
+  ``online_routing_floor`` (1%), so the evidence above keeps coming and the
   propensities stay bounded. Routing is recomputed per *epoch* (every
   ``max(10, rewards / 50)`` rewards and whenever the candidate set, config or
   incumbent changes) by the session state, so the propensity of each reward
@@ -81,6 +87,7 @@ from synth_middleware.engine.evidence import (
     DEFAULT_RHO_REWARDS,
     EvidenceLedger,
     PairEvidence,
+    boundary,
     challenger_alpha,
 )
 
@@ -295,7 +302,8 @@ def mix_floors(
 ) -> list[float]:
     """Routing probabilities: ``weights`` (Thompson or top-two) mixed with the floors
     (module doc, "Routing"). Every active candidate gets at least the routing
-    floor; the baseline at least the baseline floor while a challenger is unresolved."""
+    floor; the reference ``base_i`` (the baseline, or the named best) at least the
+    baseline floor when ``unresolved``."""
     k = len(weights)
     if k == 0:
         return []
@@ -469,14 +477,22 @@ def evaluate(
     if inc_i is not None and (inc_i in worse or verdicts[active[inc_i].candidate_id].prune_reason):
         inc_i = None  # demoted (rollback): the name goes to the next eligible or the baseline
     if inc_i is not None:
-        challengers = []
-        for i in eligible_is:
-            if i == inc_i:
+        # a challenger takes the name by beating the named best, at its own level, on the
+        # evidence since its entry (module doc, "Naming and incumbency")
+        inc_id = active[inc_i].candidate_id
+        over: dict[int, float] = {}
+        for i, c in enumerate(active):
+            if i in (inc_i, base_i) or verdicts[c.candidate_id].prune_reason is not None:
                 continue
-            ev_inc = pair(i, inc_i)
-            if ev_inc is not None and ev_inc.beats(levels[i], rho):
-                challengers.append(i)
-        best_i: int | None = max(challengers, key=lambda i: lower[i]) if challengers else inc_i
+            if c.reward_count < s.min_rollouts_for_best:
+                continue
+            if screening and evidence is not None:
+                ev_inc = evidence.pair_since_entry(c.candidate_id, inc_id)
+            else:
+                ev_inc = pair(i, inc_i)
+            if ev_inc is not None and ev_inc.t and ev_inc.beats(levels[i], rho):
+                over[i] = (ev_inc.s - boundary(ev_inc.v, levels[i], rho)) / ev_inc.t
+        best_i: int | None = max(over, key=lambda i: over[i]) if over else inc_i
     elif eligible_is:
         best_i = max(eligible_is, key=lambda i: (lower[i], pb[i]))
     else:  # nothing eligible: the baseline (if any) stays the named best
@@ -485,8 +501,14 @@ def evaluate(
     if routing is not None and all(c.candidate_id in routing for c in active):
         route = [float(routing[c.candidate_id]) for c in active]
     else:
-        floor = best_i == base_i and any(v.unresolved for v in verdicts.values())
-        route = _route(active, rows, bounded, pb, base_i, floor, s)
+        if best_i == base_i:  # the reference (module doc, "Routing")
+            floor = any(v.unresolved for v in verdicts.values())
+        else:
+            floor = any(
+                i not in (best_i, base_i) and verdicts[c.candidate_id].prune_reason is None
+                for i, c in enumerate(active)
+            )
+        route = _route(active, rows, bounded, pb, best_i, floor, s)
     return PolicyDecision(
         best_id,
         active[leader_i].candidate_id,
