@@ -77,8 +77,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from synth_middleware._origins import container_key_for
-from synth_middleware.container._paseto import ENV_SIGNING_KEY, signer_from_env
-from synth_middleware.container.client import (
+from synth_middleware.engine.config import SessionConfig, parse_session_config
+from synth_middleware.engine.optimizers import OPTIMIZERS
+from synth_middleware.engine.optimizers.base import RoundContext, RoundResult, traces_from_records
+from synth_middleware.engine.proposer import ProposerFactory, scrub_secrets
+from synth_middleware.errors import InvalidRequestError, NotFoundError
+from synth_middleware.offline.container._paseto import ENV_SIGNING_KEY, signer_from_env
+from synth_middleware.offline.container.client import (
     AsyncContainerClient,
     ContainerUnreachable,
     InvalidRolloutResponse,
@@ -87,11 +92,6 @@ from synth_middleware.container.client import (
     container_dialect,
     rollout_body,
 )
-from synth_middleware.engine.config import SessionConfig, parse_session_config
-from synth_middleware.engine.optimizers import OPTIMIZERS
-from synth_middleware.engine.optimizers.base import RoundContext, RoundResult, traces_from_records
-from synth_middleware.engine.proposer import ProposerFactory, scrub_secrets
-from synth_middleware.errors import InvalidRequestError, NotFoundError
 from synth_middleware.server import operations as ops
 from synth_middleware.server._errors import ApiError
 from synth_middleware.server._responses import json_response
