@@ -38,7 +38,12 @@ except ImportError as exc:  # run outside the project's venv
     )
 
 from synth_middleware.client.candidates import parse_candidate
-from synth_middleware.container import (
+from synth_middleware.demos.banking77 import data
+from synth_middleware.demos.banking77.report import paired_diff
+from synth_middleware.demos.banking77.standin import STANDIN_NOTE, StandInModel
+from synth_middleware.demos.banking77.task import SYSTEM_PROMPT, Banking77Task, task_definition
+from synth_middleware.engine import Engine, OptimizerOptions, SqliteStore
+from synth_middleware.offline.container import (
     AsyncContainerClient,
     InProcessContainer,
     InProcessServer,
@@ -46,12 +51,7 @@ from synth_middleware.container import (
     create_container_app,
     wait_healthy,
 )
-from synth_middleware.demos.banking77 import data
-from synth_middleware.demos.banking77.report import paired_diff
-from synth_middleware.demos.banking77.standin import STANDIN_NOTE, StandInModel
-from synth_middleware.demos.banking77.task import SYSTEM_PROMPT, Banking77Task, task_definition
-from synth_middleware.engine import Engine, OptimizerOptions, SqliteStore
-from synth_middleware.sdk import SynthClient
+from synth_middleware.offline.sdk import SynthClient
 from synth_middleware.server import create_app
 
 

@@ -60,7 +60,7 @@ def __getattr__(name: str) -> object:
 
         return HttpBackend
     if name in ("SynthClient", "AsyncSynthClient"):
-        from synth_middleware import sdk
+        from synth_middleware.offline import sdk
 
         return getattr(sdk, name)
     raise AttributeError(f"module 'synth_middleware' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """An ASGI app served by uvicorn in a daemon thread (loopback servers in one process).
 
-The one implementation behind :class:`~synth_middleware.container.InProcessServer`
+The one implementation behind :class:`~synth_middleware.offline.container.InProcessServer`
 (containers, the demo's stand-in model), :class:`~synth_middleware.testing.FakeOpenAIServer`
 and :class:`~synth_middleware.server.background.BackgroundServer`.
 

@@ -255,7 +255,7 @@ def _add_serve(sub: _SubParsers) -> None:
 
 
 def _add_container(sub: _SubParsers) -> None:
-    from synth_middleware.container._cli import add_parser
+    from synth_middleware.offline.container._cli import add_parser
 
     add_parser(sub)
 

@@ -10,7 +10,12 @@ import sys
 
 import uvicorn
 
-from synth_middleware.container import Outcome, RolloutContext, TaskDefinition, create_container_app
+from synth_middleware.offline.container import (
+    Outcome,
+    RolloutContext,
+    TaskDefinition,
+    create_container_app,
+)
 
 
 async def _rollout(ctx: RolloutContext) -> Outcome:

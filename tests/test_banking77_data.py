@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from synth_middleware.container import InProcessServer
 from synth_middleware.demos.banking77 import data
+from synth_middleware.offline.container import InProcessServer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from synth_middleware.container import (
+from synth_middleware.offline.container import (
     ENV_API_KEY,
     ContainerClient,
     ContainerUnreachable,

@@ -234,8 +234,8 @@ def _free_port() -> int:
 
 
 def _external_backend(tmp_path: Path, upstream: str | None) -> Any:
-    from synth_middleware.container import InProcessServer
     from synth_middleware.engine import Engine, OptimizerOptions, SqliteStore
+    from synth_middleware.offline.container import InProcessServer
     from synth_middleware.server import create_app
 
     engine = Engine(

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from synth_middleware.container import (
+from synth_middleware.engine import Engine, SqliteStore
+from synth_middleware.offline.container import (
     AsyncContainerClient,
     InProcessContainer,
     InProcessServer,
@@ -27,8 +28,7 @@ from synth_middleware.container import (
     TaskDefinition,
     create_container_app,
 )
-from synth_middleware.engine import Engine, SqliteStore
-from synth_middleware.sdk import AsyncSynthClient, SynthClient
+from synth_middleware.offline.sdk import AsyncSynthClient, SynthClient
 from synth_middleware.server import create_app
 from synth_middleware.testing import FakeOpenAIServer
 

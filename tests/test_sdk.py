@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 
 import synth_middleware
 from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
-from synth_middleware.sdk import (
+from synth_middleware.offline.sdk import (
     AsyncSynthClient,
     ConfigError,
     GepaOnlineSession,
@@ -264,7 +264,7 @@ def test_sdk_maps_statuses_like_the_http_backend() -> None:
     import httpx
 
     from synth_middleware.errors import BackendError, InvalidRequestError, NotFoundError
-    from synth_middleware.sdk._transport import Call, Transport
+    from synth_middleware.offline.sdk._transport import Call, Transport
 
     def answer(request: httpx.Request) -> httpx.Response:
         status = int(request.url.path.rsplit("/", 1)[-1])

@@ -150,7 +150,7 @@ SECRET_PROMPT = "You are an EXPERT-OPTIMIZED classifier 9d2c."
 
 
 async def test_optimized_prompt_never_reaches_a_container(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
-    from synth_middleware.container import (
+    from synth_middleware.offline.container import (
         AsyncContainerClient,
         InProcessContainer,
         OnlineRunner,
@@ -159,7 +159,7 @@ async def test_optimized_prompt_never_reaches_a_container(tmp_path, server) -> N
         TaskDefinition,
         create_container_app,
     )
-    from synth_middleware.sdk import AsyncSynthClient
+    from synth_middleware.offline.sdk import AsyncSynthClient
 
     received: list[bytes] = []  # every byte the container got: headers and bodies
 

@@ -42,13 +42,13 @@ from synth_ai.sdk.container._impl.server import ContainerConfig, create_containe
 from synth_containers import create_reference_app
 from synth_containers.reference_runtime import ReferenceManagedRuntime
 
-from synth_middleware.container import (
+from synth_middleware.offline.container import (
     AsyncContainerClient,
     InProcessServer,
     RolloutFailed,
 )
-from synth_middleware.container._paseto import ContainerTokenSigner
-from synth_middleware.container.client import container_dialect, rollout_body
+from synth_middleware.offline.container._paseto import ContainerTokenSigner
+from synth_middleware.offline.container.client import container_dialect, rollout_body
 from synth_middleware.testing import FakeOpenAIServer
 
 KEY = "env-key"

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from synth_middleware.container import (
+from synth_middleware.offline.container import (
     InProcessContainer,
     Outcome,
     RolloutContext,

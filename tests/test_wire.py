@@ -23,7 +23,7 @@ from helpers import CANDIDATE, messages, pick, seed
 import synth_middleware as synth
 from synth_middleware.backends.http import HttpBackend
 from synth_middleware.errors import BackendError
-from synth_middleware.sdk._transport import Call, Transport, resolve_base_url
+from synth_middleware.offline.sdk._transport import Call, Transport, resolve_base_url
 from synth_middleware.settings import Settings
 from synth_middleware.wire import (
     MAX_BATCH_RECORDS,

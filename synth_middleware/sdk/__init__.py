@@ -1,25 +1,21 @@
-"""The session SDK: create online sessions, read candidates, report rewards.
+"""Deprecated location: the session SDK now lives in :mod:`synth_middleware.offline.sdk`.
 
-::
-
-    from synth_middleware.sdk import SynthClient
-
-    session = SynthClient().optimization.online.create(kind="gepa_online", config_path="gepa.toml")
-    urls = session.get_prompt_urls()          # Pattern A: call urls["chat_completions_url"]
-    state = session.get_status()              # Pattern B: fetch the best candidate yourself
-
-Works against ``synth-middleware serve`` and the hosted API alike (only the
-URL changes). Needs only ``httpx`` and ``pydantic``.
+Kept so that ``from synth_middleware.sdk import SynthClient`` keeps working (no warning
+at import: tests may run with ``-W error``); new code imports
+``synth_middleware.offline.sdk``.
 """
 
-from synth_middleware.sdk.client import AsyncSynthClient, SynthClient
-from synth_middleware.sdk.config import (
+from synth_middleware.offline.sdk import (
+    AsyncSynthClient,
     ConfigError,
+    GepaOnlineSession,
+    MiproOnlineSession,
+    OnlineSession,
     OptimizationConfig,
+    SynthClient,
     load_config,
     parse_config,
 )
-from synth_middleware.sdk.sessions import GepaOnlineSession, MiproOnlineSession, OnlineSession
 
 __all__ = [
     "AsyncSynthClient",

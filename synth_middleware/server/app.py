@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from synth_middleware import __version__
 from synth_middleware.engine import Engine
 from synth_middleware.engine.replicas import ReplicaCoordinator, open_engine
-from synth_middleware.server import jobs
 from synth_middleware.server._aliases import PathAliases
 from synth_middleware.server._auth import ApiKeyMiddleware
 from synth_middleware.server._errors import install_error_handlers
@@ -23,7 +22,15 @@ from synth_middleware.server.config import ServerConfig, upstream_key_from_env
 from synth_middleware.server.context import ServerContext
 from synth_middleware.server.feed import ChangeFeed
 from synth_middleware.server.proxy import ProxyService
-from synth_middleware.server.routes import batches, candidates, events, health, legacy, sessions
+from synth_middleware.server.routes import (
+    batches,
+    candidates,
+    events,
+    health,
+    jobs,
+    legacy,
+    sessions,
+)
 from synth_middleware.server.routes.hot import HotRoutes
 from synth_middleware.server.writer import EngineWriter
 

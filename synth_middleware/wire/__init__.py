@@ -9,6 +9,7 @@ and the version, so every layer above may use it.
   candidates, batches, rewards, timestamps);
 * :mod:`~synth_middleware.wire.validate`: checks of single values against them;
 * :mod:`~synth_middleware.wire.records`: validation of whole reward and rollout records;
+* :mod:`~synth_middleware.wire.prompts`: a prompt's system text, in any of its spellings;
 * :mod:`~synth_middleware.wire.dialect`: the sans-IO HTTP side (environment,
   headers, routes, ``Retry-After``), with :func:`error_for_status` mapping an
   error status to our exceptions.

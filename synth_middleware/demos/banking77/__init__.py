@@ -6,5 +6,6 @@
 * :mod:`~synth_middleware.demos.banking77.standin`: the offline stand-in model
   (word-embedding nearest label, **not an LLM**; re-exported from
   :mod:`synth_middleware.demos.standin`);
-* :mod:`~synth_middleware.demos.banking77.demo`: ``synth-middleware demo banking77``.
+* :mod:`~synth_middleware.demos.banking77.demo`: ``synth-middleware demo banking77``
+  (also ``python -m synth_middleware.demos.banking77``).
 """

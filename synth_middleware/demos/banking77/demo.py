@@ -12,13 +12,14 @@ on Banking77's verified files with Banking77's own prompt::
    backend, the rollouts with proposals printed as they appear, the held-out
    comparison of the baseline and the named best with its paired 95% CI, and
    ``results.json`` + ``plot.png`` in a new directory under ``<out>/runs/``.
+
+The command line lives in :mod:`synth_middleware.demos._cli` (also
+``python -m synth_middleware.demos.banking77``): this module only runs the demo,
+so the CLI imports it and not the other way round.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import IO, Any
 
@@ -27,7 +28,7 @@ from synth_middleware.demos.banking77.task import SYSTEM_PROMPT, Banking77Task
 from synth_middleware.demos.classify import demo as _generic
 from synth_middleware.demos.classify.demo import STANDIN, DemoError, DemoOptions
 
-__all__ = ["STANDIN", "DemoError", "DemoOptions", "describe_candidate", "main", "run"]
+__all__ = ["STANDIN", "DemoError", "DemoOptions", "describe_candidate", "run"]
 
 
 def describe_candidate(
@@ -50,16 +51,3 @@ def run(opts: DemoOptions, *, stream: IO[str] | None = None) -> dict[str, Any]:
         title="Banking77",
         stream=stream,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m synth_middleware.demos.banking77.demo`` (same flags as the CLI)."""
-    from synth_middleware.demos._cli import configure_banking77, run_banking77
-
-    parser = argparse.ArgumentParser(prog="banking77-demo", description=__doc__)
-    configure_banking77(parser)
-    return run_banking77(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -74,7 +74,7 @@ def task_definition(
     shuffle_seed: int = 0,
     system_prompt: str = SYSTEM_PROMPT,
 ) -> Any:
-    """The :class:`~synth_middleware.container.TaskDefinition` of Banking77.
+    """The :class:`~synth_middleware.offline.container.TaskDefinition` of Banking77.
 
     Splits ``train`` and ``test`` are the files' rows in a fixed pseudo-random
     order (``shuffle_seed``), so seeds ``0..n-1`` are a uniform sample.
@@ -97,9 +97,9 @@ def create_app(
     """The Banking77 container app (data from ``data_dir``/``$BANKING77_DIR``/the cache).
 
     ``shuffle_seed`` defaults to ``$BANKING77_SHUFFLE_SEED`` or 0; ``settings``
-    are :class:`~synth_middleware.container.ContainerSettings` fields.
+    are :class:`~synth_middleware.offline.container.ContainerSettings` fields.
     """
-    from synth_middleware.container import create_container_app
+    from synth_middleware.offline.container import create_container_app
 
     if shuffle_seed is None:
         shuffle_seed = int(os.environ.get("BANKING77_SHUFFLE_SEED") or 0)

@@ -297,8 +297,8 @@ def _backend(opts: DemoOptions, model: _Model, workdir: Path, lockstep: bool) ->
     if external:
         yield _Backend(external.rstrip("/"), os.environ.get("SYNTH_API_KEY"), False)
         return
-    from synth_middleware.container import InProcessServer
     from synth_middleware.engine import Engine, OptimizerOptions, SqliteStore
+    from synth_middleware.offline.container import InProcessServer
     from synth_middleware.server import create_app
 
     env: dict[str, str] = dict(os.environ)
@@ -515,7 +515,7 @@ def _pattern_a(
     on_done: Callable[[Any], None],
     after_each: Callable[[int], None] | None,
 ) -> list[dict[str, Any]]:
-    from synth_middleware.container import AsyncContainerClient, OnlineRunner
+    from synth_middleware.offline.container import AsyncContainerClient, OnlineRunner
 
     async def go() -> list[dict[str, Any]]:
         client = AsyncContainerClient(container.url, container.api_key, timeout=120.0)
@@ -555,7 +555,7 @@ def _pattern_b(
 
     import synth_middleware as synth
     from synth_middleware.backends.http import HttpBackend
-    from synth_middleware.container import OnlineRolloutResult
+    from synth_middleware.offline.container import OnlineRolloutResult
 
     http_backend = HttpBackend(backend.url, backend.api_key)
     client = synth.wrap(
@@ -670,12 +670,12 @@ def run(
     """Run the demo on ``data`` (``task``: default the generic task of its labels); return
     the results (also written as ``results.json`` in a new run directory)."""
     from synth_middleware.client.candidates import parse_candidate
-    from synth_middleware.container import (
+    from synth_middleware.offline.container import (
         InProcessContainer,
         create_container_app,
         wait_healthy,
     )
-    from synth_middleware.sdk import SynthClient
+    from synth_middleware.offline.sdk import SynthClient
 
     if opts.pattern not in ("a", "b"):
         raise ValueError("pattern must be 'a' or 'b'")

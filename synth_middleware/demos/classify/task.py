@@ -258,12 +258,12 @@ def task_definition(
     shuffle_seed: int = 0,
     description: str | None = None,
 ) -> Any:
-    """The :class:`~synth_middleware.container.TaskDefinition` of ``data``.
+    """The :class:`~synth_middleware.offline.container.TaskDefinition` of ``data``.
 
     Splits ``train`` and ``test`` are the files' rows in a fixed pseudo-random
     order (``shuffle_seed``), so seeds ``0..n-1`` are a uniform sample.
     """
-    from synth_middleware.container import Outcome, RolloutContext, TaskDefinition
+    from synth_middleware.offline.container import Outcome, RolloutContext, TaskDefinition
 
     task = task or ClassifyTask(data.labels)
     splits = {
@@ -339,8 +339,8 @@ def create_app(
     """The container app of a labelled dataset (files from the arguments or
     ``$CLASSIFY_TRAIN``/``$CLASSIFY_TEST``, columns from ``$CLASSIFY_TEXT_COL``/
     ``$CLASSIFY_LABEL_COL``); ``settings`` are
-    :class:`~synth_middleware.container.ContainerSettings` fields."""
-    from synth_middleware.container import create_container_app
+    :class:`~synth_middleware.offline.container.ContainerSettings` fields."""
+    from synth_middleware.offline.container import create_container_app
 
     train = train or os.environ.get("CLASSIFY_TRAIN")
     test = test or os.environ.get("CLASSIFY_TEST")

@@ -372,7 +372,7 @@ class StandInModel:
     def __init__(
         self, labels: Sequence[str] | None = None, *, port: int = 0, latency: float = 0.0
     ) -> None:
-        from synth_middleware.container.runner import InProcessServer
+        from synth_middleware.offline.container.runner import InProcessServer
 
         self.latency = latency
         self.app = create_standin_app(labels, latency=latency)

@@ -1,8 +1,8 @@
 """``synth-middleware container serve module:app``: serve a container standalone.
 
 ``module:attr`` names an ASGI app (e.g. built by
-:func:`~synth_middleware.container.create_container_app`), a
-:class:`~synth_middleware.container.TaskDefinition` (an app is built from it),
+:func:`~synth_middleware.offline.container.create_container_app`), a
+:class:`~synth_middleware.offline.container.TaskDefinition` (an app is built from it),
 or, with ``--factory``, a callable returning either::
 
     synth-middleware container serve mytasks.qa:app --port 8102
@@ -36,7 +36,7 @@ def load_app(target: str, *, factory: bool = False) -> Any:
         obj = getattr(obj, part)
     if factory:
         obj = obj()
-    from synth_middleware.container.app import TaskDefinition, create_container_app
+    from synth_middleware.offline.container.app import TaskDefinition, create_container_app
 
     if isinstance(obj, TaskDefinition):
         obj = create_container_app(obj)
@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    from synth_middleware.container.app import ENV_API_KEY
+    from synth_middleware.offline.container.app import ENV_API_KEY
 
     generated = False
     if args.api_key:
@@ -102,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        from synth_middleware.container.app import ensure_environment_api_key
+        from synth_middleware.offline.container.app import ensure_environment_api_key
 
         ensure_environment_api_key()
         generated = True
