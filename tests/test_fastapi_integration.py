@@ -27,7 +27,7 @@ from web_helpers import serve
 import synth_middleware as synth
 from synth_middleware import Rollout
 from synth_middleware._tokens import decode_token, encode_token
-from synth_middleware.client import _web
+from synth_middleware.client import web as _web
 
 SECRET = "test-secret-fastapi"
 

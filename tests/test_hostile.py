@@ -256,7 +256,7 @@ def test_a_feedback_token_rewards_its_rollout_once(server: Any, backend: LocalBa
 def test_a_replay_in_another_process_is_counted_once(server: Any, backend: LocalBackend) -> None:
     """The key derives from the token, so the backend counts a replay sent by another
     process (here: the replay memory emptied) once."""
-    from synth_middleware.client import _web
+    from synth_middleware.client import web as _web
 
     app, cid = _feedback_app(server, backend, "replay2")
     with TestClient(app) as tc:

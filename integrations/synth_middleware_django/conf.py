@@ -31,7 +31,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from synth_middleware._tokens import TokenData
-from synth_middleware.client._web import WebConfig
+from synth_middleware.client.web import WebConfig
 
 SETTING = "SYNTH_MIDDLEWARE"
 """Name of the settings dict."""

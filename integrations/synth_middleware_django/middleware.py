@@ -8,7 +8,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
-from synth_middleware.client._web import RequestRollout
+from synth_middleware.client.web import RequestRollout
 from synth_middleware.rollout import Rollout, current_rollout
 from synth_middleware_django import conf
 

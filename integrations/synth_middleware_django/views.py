@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from synth_middleware.client._web import (
+from synth_middleware.client.web import (
     FeedbackError,
     check_body_size,
     forbidden,

@@ -15,7 +15,7 @@ included); the response carries its signed token in ``x-synth-rollout``, which
 a later request can send to ``POST /synth/feedback`` with a reward.
 """
 
-from synth_middleware.client._web import ROLLOUT_HEADER, FeedbackError, WebConfig
+from synth_middleware.client.web import ROLLOUT_HEADER, FeedbackError, WebConfig
 from synth_middleware_fastapi import _compat  # noqa: F401  (the version guard: first)
 from synth_middleware_fastapi.feedback import (
     AuthCheck,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from synth_middleware._tokens import TokenData
-from synth_middleware.client._web import (
+from synth_middleware.client.web import (
     DEFAULT_TOKEN_MAX_AGE,
     FEEDBACK_MODES,
     FEEDBACK_PATH,

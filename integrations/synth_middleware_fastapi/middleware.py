@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from synth_middleware.client._web import (
+from synth_middleware.client.web import (
     DEFAULT_TOKEN_MAX_AGE,
     FEEDBACK_PATH,
     ROLLOUT_HEADER,

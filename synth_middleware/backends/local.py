@@ -21,8 +21,13 @@ from synth_middleware.backends.base import (
     SessionKind,
     SessionState,
 )
-from synth_middleware.engine import Engine, SqliteStore, is_postgres_url, open_store
-from synth_middleware.engine._optimizer_runner import OptimizerOptions
+from synth_middleware.engine import (
+    Engine,
+    OptimizerOptions,
+    SqliteStore,
+    is_postgres_url,
+    open_store,
+)
 
 DEFAULT_PATH = ".synth/synth.db"
 

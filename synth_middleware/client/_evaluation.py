@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
+from synth_middleware.client._tracer import tracer_for
+
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext, TracerProvider
 
@@ -96,8 +98,6 @@ def _record(r: Rollout, value: float) -> None:
         return
     if anchor_ is None:
         return
-    from synth_middleware.client._otel import tracer_for
-
     tracer = tracer_for(anchor_[1])
     if tracer is None:
         return

@@ -12,15 +12,10 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import (
-    NoOpTracerProvider,
-    ProxyTracerProvider,
-    SpanKind,
-    Status,
-    StatusCode,
-)
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from synth_middleware.client._evaluation import anchor
+from synth_middleware.client._tracer import tracer_for
 from synth_middleware.rollout import (
     OTEL_CANDIDATE_KEY,
     OTEL_ROLLOUT_KEY,
@@ -29,33 +24,16 @@ from synth_middleware.rollout import (
 )
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer, TracerProvider
+    from opentelemetry.trace import Span, TracerProvider
 
     from synth_middleware.rollout import Rollout
 
-_VERSION = "0.1.0"
 ATTR_SESSION = "synth.session_id"
 ATTR_ROLLOUT = "synth.rollout_id"
 ATTR_CANDIDATE = "synth.candidate_id"
 BAGGAGE_SESSION = "synth.session_id"
 BAGGAGE_ROLLOUT = "synth.rollout_id"
 BAGGAGE_CANDIDATE = "synth.candidate_id"
-
-
-_tracers: dict[int, tuple[object, Tracer]] = {}
-
-
-def tracer_for(provider: TracerProvider | None) -> Tracer | None:
-    """Our tracer, or ``None`` when no SDK provider is configured (skip spans)."""
-    p = provider if provider is not None else trace.get_tracer_provider()
-    if isinstance(p, ProxyTracerProvider | NoOpTracerProvider):
-        return None
-    hit = _tracers.get(id(p))
-    if hit is not None and hit[0] is p:
-        return hit[1]
-    tracer = p.get_tracer("synth_middleware", _VERSION)  # costly in the SDK: once per provider
-    _tracers[id(p)] = (p, tracer)
-    return tracer
 
 
 def id_attributes(r: Rollout) -> dict[str, str]:

@@ -29,7 +29,8 @@ Selection (who is best, promotion, rollback, pruning) is
 :class:`~synth_middleware.engine.config.SessionConfig`.
 """
 
-from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
+from synth_middleware.engine._optimizer_options import OptimizerOptions
+from synth_middleware.engine._optimizer_runner import OptimizerRunner
 from synth_middleware.engine.config import SessionConfig, parse_session_config
 from synth_middleware.engine.engine import Engine, RolloutsResult
 from synth_middleware.engine.factory import is_postgres_url, open_store

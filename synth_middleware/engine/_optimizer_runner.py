@@ -1,8 +1,12 @@
 """Runs the online optimizers of one engine in a background thread.
 
-The engine calls :meth:`OptimizerRunner.notify` after each commit that can
-matter (rewards, candidates, config, status): a set insert and an event set,
-so reward ingestion and candidate serving never wait on an optimizer. The
+The runner is attached to an engine from outside
+(:func:`~synth_middleware.engine.factory.attach_optimizer`, which
+``Engine(optimizer=...)`` calls): it sees the engine only through
+:class:`OptimizerHost`, and the engine sees it only through
+:class:`~synth_middleware.engine.engine.AttachedOptimizer`. The engine calls
+:meth:`OptimizerRunner.notify` after each commit that can matter (rewards,
+candidates, config, status): a set insert and an event set, so reward ingestion and candidate serving never wait on an optimizer. The
 thread then steps each touched session, at most once per ``interval``:
 
 1. apply the selection policy's pruning (archive, with the evidence in the reason),
@@ -29,12 +33,13 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from synth_middleware._fork import reset_after_fork
 from synth_middleware._retry import backoff_delay
+from synth_middleware.engine._optimizer_options import OptimizerOptions
 from synth_middleware.engine.config import parse_session_config
 from synth_middleware.engine.optimizers import OPTIMIZERS
 from synth_middleware.engine.optimizers.base import (
@@ -44,15 +49,11 @@ from synth_middleware.engine.optimizers.base import (
     traces_from_records,
     trigger,
 )
-from synth_middleware.engine.proposer import ClientFactory, ProposerFactory, scrub_secrets
-from synth_middleware.engine.state import OPTIMIZER_INTERNAL_KEYS
+from synth_middleware.engine.proposer import ProposerFactory, scrub_secrets
+from synth_middleware.engine.state import OPTIMIZER_INTERNAL_KEYS, SessionStateMachine
 from synth_middleware.errors import InvalidRequestError, NotFoundError
 
-if TYPE_CHECKING:
-    from synth_middleware.engine.engine import Engine
-    from synth_middleware.engine.state import SessionStateMachine
-
-__all__ = ["OptimizerOptions", "OptimizerRunner"]
+__all__ = ["OptimizerHost", "OptimizerOptions", "OptimizerRunner"]
 
 log = logging.getLogger("synth_middleware.engine.optimizer")
 
@@ -60,32 +61,50 @@ _HISTORY_KEEP = 20
 _ERROR_CHARS = 500
 
 
-@dataclass(frozen=True, slots=True)
-class OptimizerOptions:
-    """How an :class:`~synth_middleware.engine.Engine` runs its optimizers.
+class OptimizerHost(Protocol):
+    """What the runner uses of its engine (:class:`~synth_middleware.engine.Engine`
+    has all of it); a protocol so this module does not import the engine."""
 
-    ``proposer_client``: an OpenAI-compatible client for sessions that name no
-    ``proposer_url`` (in-process use: the app's own client).
-    ``proposer_model``: the model when neither the session config nor
-    ``SYNTH_PROPOSER_MODEL`` names one. ``background=False`` runs rounds only
-    when :meth:`OptimizerRunner.step` is called (tests, scripts).
-    """
+    def session_ids(self) -> list[str]:
+        """Every session id in the store."""
+        ...
 
-    proposer_client: Any = None
-    proposer_model: str | None = None
-    env: Mapping[str, str] | None = None
-    client_factory: ClientFactory | None = None
-    interval: float = 1.0
-    scan_interval: float = 15.0
-    backoff_initial: float = 2.0
-    backoff_max: float = 300.0
-    lease_seconds: float = 300.0
-    seed: int | None = None
-    background: bool = True
-    # Replicas: ``session_gate(session_id)`` is a context manager yielding whether this
-    # process may do the session's owner-only work now (it holds the lease); the
-    # background loop steps a session only inside it (engine/replicas.py).
-    session_gate: Callable[[str], AbstractContextManager[bool]] | None = None
+    def session_state(self, session_id: str) -> SessionStateMachine:
+        """A copy of the session's state."""
+        ...
+
+    def rollout_records(self, session_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The session's recent rollouts with their rewards."""
+        ...
+
+    def add_candidate(
+        self,
+        session_id: str,
+        content: str | None,
+        *,
+        payload: Any = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Add an active candidate; return its id."""
+        ...
+
+    def archive_candidate(
+        self, session_id: str, candidate_id: str, *, reason: str = "archived"
+    ) -> bool:
+        """Archive a candidate; False if it was archived already."""
+        ...
+
+    def update_optimizer(
+        self,
+        session_id: str,
+        patch: Mapping[str, Any],
+        *,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> bool:
+        """Patch the session's optimizer state (under the round lease with ``owner``)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -101,9 +120,12 @@ class _Run:
 
 
 class OptimizerRunner:
-    """Background optimizer rounds for every session of one engine."""
+    """Background optimizer rounds for every session of one engine.
 
-    def __init__(self, engine: Engine, options: OptimizerOptions | None = None) -> None:
+    Build it with :func:`~synth_middleware.engine.factory.attach_optimizer` (or
+    ``Engine(optimizer=...)``), which also registers it with the engine."""
+
+    def __init__(self, engine: OptimizerHost, options: OptimizerOptions | None = None) -> None:
         self._engine = engine
         self.options = opts = options or OptimizerOptions()
         self._proposers = ProposerFactory(
@@ -115,9 +137,10 @@ class OptimizerRunner:
         self._rng = random.Random(opts.seed)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._init_threading()
+        # the thread does not survive a fork, and a lock it held would stay held
+        reset_after_fork(self, "_init_threading")
 
     def _init_threading(self) -> None:
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._step_lock = threading.Lock()
         self._wake = threading.Event()
@@ -136,8 +159,6 @@ class OptimizerRunner:
 
     def notify(self, session_ids: Iterable[str]) -> None:
         """Mark sessions as changed; cheap, called by the engine after commits."""
-        if self._pid != os.getpid():  # forked: the thread did not survive
-            self._init_threading()
         with self._lock:
             self._dirty.update(session_ids)
         if self.options.background and not self._stopping.is_set():
@@ -241,9 +262,9 @@ class OptimizerRunner:
         patch: dict[str, Any] = {}
         if st.status == "running":
             pruned = retired = 0
-            for cid, reason in st.policy().prune:
-                if engine.archive_candidate(sid, cid, reason=reason[:200]):
-                    if reason.startswith("retired"):
+            for cid, why in st.policy().prune:
+                if engine.archive_candidate(sid, cid, reason=why[:200]):
+                    if why.startswith("retired"):
                         retired += 1
                     else:
                         pruned += 1

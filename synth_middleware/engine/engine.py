@@ -18,10 +18,12 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from synth_middleware._fork import reset_after_fork
+from synth_middleware.engine._optimizer_options import OptimizerOptions
 from synth_middleware.engine.config import parse_session_config
 from synth_middleware.engine.state import (
     BASELINE_CHANGED,
@@ -63,9 +65,6 @@ from synth_middleware.wire.validate import (
     utf8_len,
     validate_session_id,
 )
-
-if TYPE_CHECKING:
-    from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
 
 logger = logging.getLogger("synth_middleware.engine")
 
@@ -154,6 +153,27 @@ class _Batch:
         return event
 
 
+class AttachedOptimizer(Protocol):
+    """What the engine knows of the optimizer runner attached to it (see
+    :func:`~synth_middleware.engine.factory.attach_optimizer`): a protocol, so the
+    engine does not import the runner, which calls back into the engine."""
+
+    owner: str
+    """The runner's lease owner id (unique per runner)."""
+
+    def notify(self, session_ids: Iterable[str]) -> None:
+        """Sessions changed (called after commits, with the engine lock held: cheap)."""
+        ...
+
+    def step(self, session_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Run the session's optimizer step now; return its optimizer status."""
+        ...
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop background work (the engine is closing)."""
+        ...
+
+
 class Engine:
     """Thread-safe facade over a :class:`~synth_middleware.engine.store.Store`.
 
@@ -175,7 +195,8 @@ class Engine:
         pruning policy in a background thread of this engine: ``True`` for the
         defaults, or :class:`~synth_middleware.engine.OptimizerOptions`. Off by
         default: with several processes on one database, enable it where
-        proposals should run (a lease keeps it to one writer per session)."""
+        proposals should run (a lease keeps it to one writer per session).
+        Shorthand for :func:`~synth_middleware.engine.factory.attach_optimizer`."""
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
         self._store = store
@@ -184,17 +205,19 @@ class Engine:
         self._states: OrderedDict[str, SessionStateMachine] = OrderedDict()
         self._snap_at: dict[str, int] = {}  # applied_events at the last snapshot we know of
         self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._optimizer: OptimizerRunner | None = None
+        # forked while another thread held the lock: it would stay held in the child
+        reset_after_fork(self, "_new_lock")
+        self._optimizer: AttachedOptimizer | None = None
         self._commit_listeners: list[Callable[[set[str]], None]] = []
         # A candidate never changes session and is never deleted, so once seen (added
         # here, or found in the store) get_candidate needs no store query for it.
         self._candidate_sessions: dict[str, str] = {}
         if optimizer:
-            from synth_middleware.engine._optimizer_runner import OptimizerOptions, OptimizerRunner
+            # the factory builds the runner (which imports this module) and attaches it
+            from synth_middleware.engine.factory import attach_optimizer
 
             opts = optimizer if isinstance(optimizer, OptimizerOptions) else OptimizerOptions()
-            self._optimizer = OptimizerRunner(self, opts)
+            attach_optimizer(self, opts)
 
     @property
     def store(self) -> Store:
@@ -202,9 +225,16 @@ class Engine:
         return self._store
 
     @property
-    def optimizer(self) -> OptimizerRunner | None:
+    def optimizer(self) -> AttachedOptimizer | None:
         """The background optimizer runner, when enabled."""
         return self._optimizer
+
+    def attach_optimizer(self, optimizer: AttachedOptimizer) -> None:
+        """Notify ``optimizer`` of every later commit that can matter to it, and stop
+        it on :meth:`close`. One per engine."""
+        if self._optimizer is not None and self._optimizer is not optimizer:
+            raise RuntimeError("this engine has an optimizer attached already")
+        self._optimizer = optimizer
 
     def add_commit_listener(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener(session_ids)`` after each commit that wrote events, in the
@@ -214,10 +244,10 @@ class Engine:
 
     # -- plumbing -----------------------------------------------------------
 
+    def _new_lock(self) -> None:
+        self._lock = threading.RLock()
+
     def _locked(self) -> threading.RLock:
-        if self._pid != os.getpid():  # forked while another thread may have held the lock
-            self._lock = threading.RLock()
-            self._pid = os.getpid()
         return self._lock
 
     def _load(self, session_id: str, src: Store | WriteTxn) -> SessionStateMachine | None:
@@ -913,7 +943,7 @@ class Engine:
                         continue
                     if skey in in_batch or skey in seqs or r.key in seqs:
                         if skey in in_batch:
-                            first: tuple[str, float] | None = in_batch[skey]
+                            first: tuple[str | None, float] | None = in_batch[skey]
                         elif skey in seqs:
                             first = self._stored_reward(txn, skey, seqs[skey])
                         else:
@@ -968,8 +998,9 @@ class Engine:
         return results  # type: ignore[return-value]  # every slot is filled above
 
     @staticmethod
-    def _stored_reward(txn: WriteTxn, skey: str, seq: int) -> tuple[str, float] | None:
-        """``(rollout_id, value)`` of the reward stored under ``skey`` at ``seq``."""
+    def _stored_reward(txn: WriteTxn, skey: str, seq: int) -> tuple[str | None, float] | None:
+        """``(rollout_id, value)`` of the reward stored under ``skey`` at ``seq``
+        (``rollout_id`` as the event has it: ``None`` if it has none)."""
         session_id = skey.partition(_KEY_SEP)[0]
         for ev in txn.read_events(session_id, seq - 1, 1):
             if ev.seq == seq and ev.type == REWARD:
@@ -1052,8 +1083,8 @@ class Engine:
             )
         out: list[dict[str, Any]] = []
         for r in rows:
-            ev = details.get(r.detail_seq if r.detail_seq is not None else r.seq)
-            p = ev.payload if ev is not None else {}
+            detail = details.get(r.detail_seq if r.detail_seq is not None else r.seq)
+            p = detail.payload if detail is not None else {}
             out.append(
                 {
                     "rollout_id": r.rollout_id,

@@ -1,16 +1,26 @@
-"""Open the right store for a path or URL: ``open_store(".synth/synth.db")``,
-``open_store("postgresql://user:pw@host/db")``.
+"""The parts an engine is assembled from.
 
-Used by ``synth-middleware serve --db`` and :func:`~synth_middleware.server.create_app`;
-SQLite stays the default for anything that is not a PostgreSQL URL.
+Open the right store for a path or URL: ``open_store(".synth/synth.db")``,
+``open_store("postgresql://user:pw@host/db")``. Used by ``synth-middleware serve
+--db`` and :func:`~synth_middleware.server.create_app`; SQLite stays the default
+for anything that is not a PostgreSQL URL.
+
+Attach the online optimizer runner to an engine: ``attach_optimizer(engine,
+OptimizerOptions(...))`` (what ``Engine(store, optimizer=...)`` does). The runner
+calls into the engine and the engine notifies the runner; built here, neither
+module imports the other.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Protocol
 
+from synth_middleware.engine._optimizer_options import OptimizerOptions
+from synth_middleware.engine._optimizer_runner import OptimizerHost, OptimizerRunner
 from synth_middleware.engine.store import SqliteStore, Store
+
+__all__ = ["attach_optimizer", "display_target", "is_postgres_url", "open_store"]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -40,3 +50,22 @@ def open_store(target: str | os.PathLike[str], **options: Any) -> Store:
 
         return PostgresStore(str(target), **options)
     return SqliteStore(target, **options)
+
+
+class _Attachable(OptimizerHost, Protocol):
+    """An engine that takes an attached runner (:class:`~synth_middleware.engine.Engine`)."""
+
+    def attach_optimizer(self, optimizer: OptimizerRunner) -> None:
+        """Register ``optimizer`` for commit notifications and close."""
+        ...
+
+
+def attach_optimizer(
+    engine: _Attachable, options: OptimizerOptions | None = None
+) -> OptimizerRunner:
+    """Build the :class:`~synth_middleware.engine.OptimizerRunner` for ``engine``,
+    attach it (the engine notifies it after commits and stops it on close) and
+    return it. The background thread starts at the first notification."""
+    runner = OptimizerRunner(engine, options or OptimizerOptions())
+    engine.attach_optimizer(runner)
+    return runner

@@ -73,7 +73,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from synth_middleware.engine._optimizer_runner import OptimizerOptions
+from synth_middleware.engine._optimizer_options import OptimizerOptions
 from synth_middleware.engine.engine import Engine
 from synth_middleware.engine.factory import open_store
 from synth_middleware.engine.state import (

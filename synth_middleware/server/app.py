@@ -33,6 +33,7 @@ from synth_middleware.server.routes import (
 )
 from synth_middleware.server.routes.hot import HotRoutes
 from synth_middleware.server.writer import EngineWriter
+from synth_middleware.settings import Settings
 
 DESCRIPTION = (
     "The synth-middleware engine over HTTP: online sessions, candidates, rewards, "
@@ -68,7 +69,7 @@ def create_app(
     owns = engine is None
     replicas: ReplicaCoordinator | None = None
     if engine is None:  # a SQLite path, or a postgresql:// URL (then with replica leases)
-        path = db_path or os.environ.get("SYNTH_DB") or ".synth/synth.db"
+        path = db_path or Settings().db_path  # SYNTH_DB as it is now, not at import
         engine, replicas = open_engine(path, optimizer=optimizer)
     feed = ChangeFeed()
     engine.add_commit_listener(lambda sessions: feed.notify(sessions))

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from synth_middleware.server._limits import DEFAULT_MAX_BODY_BYTES
+from synth_middleware.settings import Settings
 
 UPSTREAM_KEY_VARS = ("SYNTH_UPSTREAM_API_KEY", "OPENAI_API_KEY")
+"""Where the proxy's upstream key comes from, first set wins
+(:class:`~synth_middleware.settings.Settings` reads them)."""
 
 
 def upstream_key_from_env() -> str | None:
-    """The proxy's upstream key: ``SYNTH_UPSTREAM_API_KEY``, else ``OPENAI_API_KEY``."""
-    for name in UPSTREAM_KEY_VARS:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
+    """The proxy's upstream key: ``SYNTH_UPSTREAM_API_KEY``, else ``OPENAI_API_KEY``
+    (read now, not at import)."""
+    return Settings().upstream_api_key
 
 
 def config_dirs_from_env() -> tuple[str, ...]:
     """Folders a create request's ``config_path`` may name: ``SYNTH_CONFIG_DIRS``
-    (``os.pathsep``-separated); none by default."""
-    raw = os.environ.get("SYNTH_CONFIG_DIRS") or ""
-    return tuple(p for p in raw.split(os.pathsep) if p.strip())
+    (``os.pathsep``-separated); none by default (read now, not at import)."""
+    return Settings().config_dirs
 
 
 @dataclass(frozen=True)

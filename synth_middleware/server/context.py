@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import cachetools
 from starlette.requests import Request
@@ -11,12 +11,22 @@ from starlette.requests import Request
 from synth_middleware.engine import Engine
 from synth_middleware.server.config import ServerConfig
 from synth_middleware.server.feed import ChangeFeed
+from synth_middleware.server.proxy_selection import CandidateChooser
 from synth_middleware.server.writer import EngineWriter
 
-if TYPE_CHECKING:
-    from synth_middleware.server.proxy import ProxyService
-
 ROLLOUT_MEMORY = 100_000
+
+
+class ProxyHandle(Protocol):
+    """What the context knows of the app's proxy service
+    (:class:`~synth_middleware.server.proxy.ProxyService`, which imports this module)."""
+
+    chooser: CandidateChooser
+    """Picks the proxied sessions' candidates (invalidate a session after adding some)."""
+
+    async def close(self) -> None:
+        """Close the upstream connections (at app shutdown)."""
+        ...
 
 
 @dataclass
@@ -34,7 +44,7 @@ class ServerContext:
     feed: ChangeFeed
     writer: EngineWriter
     owns_engine: bool = False
-    proxy: ProxyService | None = None
+    proxy: ProxyHandle | None = None
     rollouts: cachetools.LRUCache[str, tuple[str, str | None]] = field(
         default_factory=lambda: cachetools.LRUCache(maxsize=ROLLOUT_MEMORY)
     )

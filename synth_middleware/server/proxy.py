@@ -441,9 +441,10 @@ class ProxyService:
 
 
 def _service(ctx: ServerContext) -> ProxyService:
-    if ctx.proxy is None:
-        ctx.proxy = ProxyService(ctx)
-    return ctx.proxy
+    svc = ctx.proxy
+    if not isinstance(svc, ProxyService):  # None unless the app made one at startup
+        svc = ctx.proxy = ProxyService(ctx)
+    return svc
 
 
 async def _chat(
