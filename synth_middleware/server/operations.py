@@ -34,6 +34,7 @@ from synth_middleware.wire import (
     reward_error,
     validate_session_id,
 )
+from synth_middleware.wire.prompts import prompt_text
 
 MAX_WAIT_SECONDS = 60.0
 _SCORE_KEYS = ("score", "reward", "outcome_reward", "value")
@@ -88,24 +89,6 @@ def prompt_urls(
 # -- sessions -------------------------------------------------------------------
 
 
-def _prompt_text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, Mapping):
-        return None
-    for key in ("text", "content", "prompt", "system_prompt"):
-        if isinstance(value.get(key), str):
-            return value[key]  # type: ignore[no-any-return]
-    messages = value.get("messages") or value.get("sections")
-    if isinstance(messages, list):
-        for m in messages:
-            if isinstance(m, Mapping) and m.get("role") in ("system", "developer"):
-                for key in ("content", "pattern", "text"):
-                    if isinstance(m.get(key), str):
-                        return m[key]  # type: ignore[no-any-return]
-    return None
-
-
 def baseline_from(body: CreateSessionRequest) -> str | None:
     """The baseline prompt a create request carries: ``baseline``, then
     ``metadata.baseline_prompt``, then ``config_body[.prompt_learning].initial_prompt``."""
@@ -120,7 +103,7 @@ def baseline_from(body: CreateSessionRequest) -> str | None:
         sections.append(cfg["prompt_learning"])
     for section in sections:
         for key in ("initial_prompt", "baseline_prompt", "baseline"):
-            text = _prompt_text(section.get(key))
+            text = prompt_text(section.get(key))
             if text is not None:
                 return text
     return None
