@@ -77,3 +77,25 @@ def test_reset_after_fork_runs_in_the_child_only() -> None:
     ref = weakref.ref(thing)
     del thing
     assert ref() is None  # the registry holds it weakly
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_optimizer_runner_takes_its_own_lease_identity() -> None:
+    from synth_middleware.engine import Engine, OptimizerOptions, SqliteStore
+
+    eng = Engine(SqliteStore(":memory:"), optimizer=OptimizerOptions(background=False))
+    try:
+        parent = eng.optimizer.owner  # type: ignore[union-attr]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, eng.optimizer.owner.encode())  # type: ignore[union-attr]
+            os._exit(0)
+        os.close(write)
+        child = os.read(read, 512).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert child and child != parent and f":{pid}:" in child
+        assert eng.optimizer.owner == parent  # type: ignore[union-attr]
+    finally:
+        eng.close()

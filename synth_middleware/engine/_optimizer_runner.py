@@ -135,12 +135,14 @@ class OptimizerRunner:
             client_factory=opts.client_factory,
         )
         self._rng = random.Random(opts.seed)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._init_threading()
         # the thread does not survive a fork, and a lock it held would stay held
         reset_after_fork(self, "_init_threading")
 
     def _init_threading(self) -> None:
+        # a forked child is another process: its own round-lease identity, so that
+        # parent and child never both believe they hold one session's lease
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._lock = threading.Lock()
         self._step_lock = threading.Lock()
         self._wake = threading.Event()
