@@ -802,3 +802,22 @@ def test_record_rollouts_reports_each_records_outcome(engine: Engine) -> None:
     ]
     assert (res.accepted, res.duplicates, res.supplemented, res.skipped) == (2, 2, 1, 3)
     assert [i for i, _ in res.errors] == [3, 5, 6]
+
+
+def test_session_state_cache_is_bounded_and_evicted_sessions_reload(tmp_path: Any) -> None:
+    """``max_cached_sessions`` bounds the caught-up states kept in memory (least recently
+    used evicted first); an evicted session reloads from the store with its rewards."""
+    eng = Engine(open_store(str(tmp_path / "cache.db")), max_cached_sessions=2)
+    try:
+        for i in range(3):
+            sid = f"s{i}"
+            base = eng.ensure_session(sid, baseline="b")["baseline_candidate_id"]
+            eng.record_rollouts(rollouts(sid, [f"{sid}-r"], base))
+            eng.record_rewards([reward(f"{sid}-k", f"{sid}-r", 0.25 * (i + 1), session_id=sid)])
+        assert len(eng._states) == 2 and "s0" not in eng._states
+        assert "s0" not in eng._snap_at  # forgotten with its state
+        eng.get_state("s2")  # the most recently used
+        state = eng.get_state("s0")  # reloads, evicting s1 (least recently used)
+        assert state["reward_count"] == 1 and set(eng._states) == {"s0", "s2"}
+    finally:
+        eng.close()

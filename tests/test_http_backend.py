@@ -299,3 +299,19 @@ async def test_async_backend(wire: WireServer) -> None:
         assert len(wire.reward_keys(SID)) == 11
         with pytest.raises(NotFoundError):
             await backend.get_state("missing-session")
+
+
+def test_remembered_rollout_sessions_are_bounded() -> None:
+    """The backend remembers which session each rollout belongs to, for at most
+    ``MAX_REMEMBERED_ROLLOUTS`` rollouts (the oldest forgotten first)."""
+    from synth_middleware.backends import http as http_mod
+
+    backend = http_mod.HttpBackend("http://127.0.0.1:9", api_key="k")
+    try:
+        n = http_mod.MAX_REMEMBERED_ROLLOUTS
+        for i in range(n + 5):
+            backend._remember(f"r{i}", f"s{i}")
+        assert len(backend._sessions_of) == n
+        assert "r0" not in backend._sessions_of and backend._sessions_of[f"r{n + 4}"] == f"s{n + 4}"
+    finally:
+        backend.close()

@@ -22,11 +22,11 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import cachetools
 import httpcore  # noqa: F401  (imported by httpx lazily; see HttpBackend.__init__)
 import httpx
 
@@ -279,7 +279,11 @@ class _Dialect:
         self._rollouts_checked = 0.0
         self._legacy_state = False
         self._legacy_reward = False
-        self._sessions_of: OrderedDict[str, str] = OrderedDict()
+        # the first remembered is the first forgotten (no recency: a rollout's session is
+        # looked up about once)
+        self._sessions_of: cachetools.FIFOCache[str, str] = cachetools.FIFOCache(
+            MAX_REMEMBERED_ROLLOUTS
+        )
         self._sessions_lock = threading.Lock()
         _fork.reset_after_fork(self, "_after_fork")
 
@@ -319,8 +323,6 @@ class _Dialect:
             return
         with self._sessions_lock:
             self._sessions_of[rollout_id] = session_id
-            if len(self._sessions_of) > MAX_REMEMBERED_ROLLOUTS:
-                self._sessions_of.popitem(last=False)
 
     # -- operations -------------------------------------------------------------
     def _op_get_state(self, session_id: str) -> Op[SessionState]:

@@ -17,10 +17,11 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import cachetools
 
 from synth_middleware._fork import reset_after_fork
 from synth_middleware.engine._optimizer_options import OptimizerOptions
@@ -174,6 +175,20 @@ class AttachedOptimizer(Protocol):
         ...
 
 
+
+class _StateCache(cachetools.LRUCache[str, SessionStateMachine]):
+    """The caught-up session states, least recently used evicted first; an evicted
+    session also forgets its last snapshot point (``snap_at``)."""
+
+    def __init__(self, maxsize: int, snap_at: dict[str, int]) -> None:
+        super().__init__(maxsize)
+        self._snap_at = snap_at
+
+    def popitem(self) -> tuple[str, SessionStateMachine]:
+        key, value = super().popitem()
+        self._snap_at.pop(key, None)
+        return key, value
+
 class Engine:
     """Thread-safe facade over a :class:`~synth_middleware.engine.store.Store`.
 
@@ -202,8 +217,8 @@ class Engine:
         self._store = store
         self._snapshot_every = snapshot_every
         self._max_cached = max(1, max_cached_sessions)
-        self._states: OrderedDict[str, SessionStateMachine] = OrderedDict()
         self._snap_at: dict[str, int] = {}  # applied_events at the last snapshot we know of
+        self._states = _StateCache(self._max_cached, self._snap_at)
         self._lock = threading.RLock()
         # forked while another thread held the lock: it would stay held in the child
         reset_after_fork(self, "_new_lock")
@@ -264,8 +279,6 @@ class Engine:
             if state is None:
                 state = SessionStateMachine(session_id)
             self._snap_at[session_id] = state.applied_events
-        else:
-            self._states.move_to_end(session_id)
         while True:
             events = src.read_events(session_id, state.version, _CATCH_UP_PAGE)
             for event in events:
@@ -284,10 +297,6 @@ class Engine:
 
     def _cache(self, session_id: str, state: SessionStateMachine) -> None:
         self._states[session_id] = state
-        self._states.move_to_end(session_id)
-        while len(self._states) > self._max_cached:
-            old, _ = self._states.popitem(last=False)
-            self._snap_at.pop(old, None)
 
     def _session(self, batch: _Batch, session_id: str) -> SessionStateMachine | None:
         """Load a session once per batch, caught up under the write lock."""
