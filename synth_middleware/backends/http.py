@@ -598,7 +598,7 @@ class _Pool:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def run_all(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+    def run_all(self, fns: Sequence[Callable[..., Any]]) -> list[tuple[bool, Any]]:
         """Run ``fns`` concurrently; ``(ok, value_or_exception)`` each, in order."""
         if len(fns) == 1:
             try:
@@ -801,7 +801,7 @@ class HttpBackend(_Dialect):
                 return results  # type: ignore[return-value]
         if bodies:
             fns = [
-                (lambda rec=rewards[i]: self._run(self._op_one_reward(rec)))  # type: ignore[misc]
+                (lambda rec=rewards[i]: self._run(self._op_one_reward(rec)))
                 for i in index
             ]
             self._http()

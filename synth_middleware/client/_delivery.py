@@ -54,6 +54,16 @@ def _retry_after(exc: BaseException) -> float | None:
     return classify(exc)[1]
 
 
+
+class _Closed(tenacity.stop.stop_base):
+    """Stops retrying once the reporter is closed (close() also cuts the sleep short)."""
+
+    def __init__(self, state: DeliveryState) -> None:
+        self._s = state
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return bool(self._s._closed)
+
 class Delivery:
     """Sends one reporter's queued items (see the module docs)."""
 
@@ -129,7 +139,13 @@ class Delivery:
             if hook is not None:
                 # the session of a call made here may not be registered yet (its first
                 # refresh is still under way): register it first, so no "unknown session"
-                hook({r.get("session_id") for r in rollouts if isinstance(r, Mapping)} - {None})
+                hook(
+                    {
+                        sid
+                        for r in rollouts
+                        if isinstance(r, Mapping) and isinstance(sid := r.get("session_id"), str)
+                    }
+                )
             ok, _ = self.call_with_retries(lambda: s.backend.record_rollouts(rollouts))
             if ok:
                 s._stats.rollouts_sent += len(rollouts)
@@ -231,10 +247,10 @@ class Delivery:
             retry=tenacity.retry_if_exception(retry),
             # close() ends retrying at once (and cuts the sleep short through _stop)
             stop=tenacity.stop_any(
-                tenacity.stop_after_attempt(max(1, s.max_retries + 1)), lambda _: s._closed
+                tenacity.stop_after_attempt(max(1, s.max_retries + 1)), _Closed(s)
             ),
             wait=BackoffWait(s.backoff, s.max_backoff, _retry_after),
-            sleep=s._stop.wait,
+            sleep=s._stop.wait,  # type: ignore[arg-type]  # Event.wait returns a bool
             before_sleep=count_retry,
             reraise=True,
         )

@@ -166,7 +166,7 @@ class SessionRuntime:
             best = snap.candidates.get(snap.best_id) if snap.best_id else None
             return best or snap.baseline
         try:
-            got = sel(list(snap.candidates.values()), rollout)  # type: ignore[operator]
+            got = sel(list(snap.candidates.values()), rollout)
         except Exception as exc:  # a user callable must not break the app's call
             self._warn_once("selector", "custom selection raised %r; serving the baseline", exc)
             return snap.baseline

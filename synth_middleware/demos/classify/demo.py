@@ -573,7 +573,9 @@ def _pattern_b(
         out: dict[str, Any] = {"seed": seed, "expected": ex.label}
         try:
             resp = client.chat.completions.create(
-                model=model.name, messages=task.messages(ex.text), **params
+                model=model.name,
+                messages=task.messages(ex.text),  # type: ignore[arg-type]  # plain dicts
+                **params,
             )
         except openai.OpenAIError as exc:
             out.update(reward=None, error=f"{type(exc).__name__}: {exc}", candidate_id=None)
@@ -797,6 +799,8 @@ def run(
                 else:
                     say(f"  proposer:  {proposer}" + (" (the stand-in)" if model.standin else ""))
                 if opts.pattern == "a" and not backend.embedded:
+                    if session.proxy_url is None:
+                        raise DemoError("the session has no proxy URL for pattern a")
                     _preflight(session.proxy_url, backend, model, opts)
                 say(
                     f"Running {opts.rollouts} rollouts over {train_size} train seeds "
@@ -893,8 +897,8 @@ def run(
                     "below is not)"
                 )
 
-                base_id = state.get("baseline_candidate_id")
-                best_id = state.get("best_candidate_id") or base_id
+                base_id = str(state.get("baseline_candidate_id") or "")
+                best_id = str(state.get("best_candidate_id") or base_id)
                 chosen: dict[str, str] = {"baseline": base_id}
                 if best_id != base_id:
                     chosen["named best"] = best_id

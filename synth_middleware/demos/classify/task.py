@@ -218,7 +218,9 @@ class ClassifyTask:
 
     def parse_message(self, msg: Any) -> Prediction:
         """The label one assistant message names (a dict or an OpenAI SDK object)."""
-        get = msg.get if isinstance(msg, Mapping) else lambda k: getattr(msg, k, None)
+        def get(key: str) -> Any:
+            return msg.get(key) if isinstance(msg, Mapping) else getattr(msg, key, None)
+
         for call in get("tool_calls") or []:
             fn = (
                 call.get("function")

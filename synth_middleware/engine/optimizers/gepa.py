@@ -78,7 +78,7 @@ def bucket_scores(
         key = instance_key(t, hash_buckets)
         instances[key] = None
         if t.candidate_id in ids:
-            cell = cells.setdefault(t.candidate_id, {}).setdefault(key, [0.0, 0.0])  # type: ignore[arg-type]
+            cell = cells.setdefault(t.candidate_id, {}).setdefault(key, [0.0, 0.0])
             cell[0] += 1.0
             cell[1] += t.reward
     out: dict[str, dict[str, float]] = {}

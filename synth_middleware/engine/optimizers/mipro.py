@@ -301,8 +301,9 @@ class MiproOptimizer(Optimizer):
         rewarded = [t for t in traced if t.reward is not None]
         if not rewarded:
             return []
-        top = max(t.reward for t in rewarded)  # type: ignore[type-var]
-        low = sorted((t for t in rewarded if t.reward < top), key=lambda t: t.reward)  # type: ignore[operator]
+        scored = [(t.reward, t) for t in rewarded if t.reward is not None]
+        top = max(r for r, _ in scored)
+        low = [t for _, t in sorted((p for p in scored if p[0] < top), key=lambda p: p[0])]
         out: list[Trace] = []
         seen: set[str] = set()
         for t in low:
