@@ -191,7 +191,7 @@ def _screen(
     at_entry: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """One epoch's screening per seed: P(beats the baseline) of the Beta posteriors
-    (``beta_posterior`` and ``p_greater``, in numpy), then the engine's own
+    (``beta_posterior`` and ``prob_greater_normal``, in numpy), then the engine's own
     ``screen_pick``; the entrant's sums are kept (``EvidenceLedger.enter``)."""
     a = 1.0 + succ
     b = 1.0 + cnt - succ

@@ -48,6 +48,7 @@ __all__ = [
     "posteriors_from_stats",
     "prob_below",
     "prob_greater",
+    "prob_greater_normal",
     "probability_best",
     "probability_best_from_stats",
     "rewards_bounded",
@@ -426,8 +427,17 @@ def probability_best(posts: Sequence[Posterior]) -> list[float]:
 def prob_greater(a: Posterior, b: Posterior) -> float:
     """P(mean of ``a`` > mean of ``b``)."""
     if a.kind == "normal" and b.kind == "normal":
-        return _STD_NORMAL.cdf((a.mean - b.mean) / math.hypot(a.sd, b.sd))
+        return prob_greater_normal(a, b)
     return Grid([a, b]).prob_greater(0, 1)
+
+
+def prob_greater_normal(a: Any, b: Any) -> float:
+    """P(a > b) for two posteriors (``mean``, ``sd``) under a normal approximation:
+    exact for Normal posteriors, a cheap stand-in for the grid for Beta ones."""
+    sd = math.hypot(a.sd, b.sd)
+    if not sd > 0:
+        return 0.5 if a.mean == b.mean else float(a.mean > b.mean)
+    return _STD_NORMAL.cdf((a.mean - b.mean) / sd)
 
 
 def prob_below(p: Posterior, x: float) -> float:

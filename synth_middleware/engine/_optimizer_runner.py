@@ -263,14 +263,11 @@ class OptimizerRunner:
 
         patch: dict[str, Any] = {}
         if st.status == "running":
-            pruned = retired = 0
+            pruned = 0  # the policy archives only on evidence (engine.policy): all "pruned"
             for cid, why in st.policy().prune:
                 if engine.archive_candidate(sid, cid, reason=why[:200]):
-                    if why.startswith("retired"):
-                        retired += 1
-                    else:
-                        pruned += 1
-            retired += self._retire_dormant(st, cfg)
+                    pruned += 1
+            retired = self._retire_dormant(st, cfg)
             if pruned:
                 patch["pruned"] = int(st.optimizer.get("pruned", 0)) + pruned
             if retired:
@@ -351,7 +348,7 @@ class OptimizerRunner:
         now = time.monotonic()
         if error is not None:
             run.failures += 1
-            delay = _backoff(opts.backoff_initial, opts.backoff_max, run.failures)
+            delay = backoff_delay(opts.backoff_initial, opts.backoff_max, run.failures)
             delay *= 0.8 + 0.4 * self._rng.random()
             run.retry_at = now + delay
             env = self._proposers.env
@@ -380,7 +377,7 @@ class OptimizerRunner:
                 done["last_proposed"] = added
             else:  # nothing to add: try again later, not on every reward
                 run.empty_rounds += 1
-                delay = _backoff(opts.backoff_initial, opts.backoff_max, run.empty_rounds)
+                delay = backoff_delay(opts.backoff_initial, opts.backoff_max, run.empty_rounds)
                 run.retry_at = now + delay
                 done["status"] = result.note if result is not None else "idle"
                 done["next_retry_at"] = time.time() + delay
@@ -470,8 +467,3 @@ class OptimizerRunner:
                     out[k] = v
         return {k: v for k, v in out.items() if k not in OPTIMIZER_INTERNAL_KEYS}
 
-
-def _backoff(initial: float, cap: float, attempts: int) -> float:
-    """``initial * 2 ** (attempts - 1)``, at most ``cap``; no overflow however long a run
-    of empty rounds (a forced step after every reward) gets."""
-    return backoff_delay(initial, cap, attempts)

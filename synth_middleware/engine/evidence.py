@@ -131,14 +131,6 @@ class PairEvidence:
         u = boundary(self.v, alpha, rho)
         return ((self.s - u) / self.t, (self.s + u) / self.t)
 
-    def beats(self, alpha: float, rho: float) -> bool:
-        """``first`` is better than ``second`` at level ``alpha`` (anytime-valid)."""
-        return self.t > 0 and self.s > boundary(self.v, alpha, rho)
-
-    def loses(self, alpha: float, rho: float) -> bool:
-        """``first`` is worse than ``second`` at level ``alpha`` (anytime-valid)."""
-        return self.t > 0 and -self.s > boundary(self.v, alpha, rho)
-
 
 @dataclass(slots=True)
 class _Arm:
@@ -181,10 +173,6 @@ class EvidenceLedger:
         a.t_entry = self.t
         a.at_entry = {k: (o.s, o.q, o.n) for k, o in self.arms.items()}
         return True
-
-    def entered(self, arm: str) -> bool:
-        """Whether ``arm`` has entered the confirmatory family."""
-        return arm in self.entries
 
     def pair_since_entry(self, first: str, second: str) -> PairEvidence | None:
         """Evidence on ``first - second`` since ``first`` entered the confirmatory

@@ -8,7 +8,7 @@ challenger of a generation is ever named while not truly better than the
 baseline is at most ``1 - promotion_confidence`` (5% by default). The
 evidence is :mod:`synth_middleware.engine.evidence` (augmented inverse-propensity
 differences, a normal-mixture confidence sequence, alpha spent over the
-generation's challengers in creation order).
+challengers in the order they enter the test: "Screening" below).
 
 * **Screening.** At each routing epoch (below) the most promising challenger
   that is not yet tested *enters* the confirmatory family when its posterior
@@ -79,6 +79,7 @@ from synth_middleware._posterior import (
     Row,
     posteriors_from_rows,
     prob_below,
+    prob_greater_normal,
     routing_posteriors_from_rows,
     top_two_weights,
 )
@@ -87,7 +88,6 @@ from synth_middleware.engine.evidence import (
     DEFAULT_RHO_REWARDS,
     EvidenceLedger,
     PairEvidence,
-    boundary,
     challenger_alpha,
 )
 
@@ -99,7 +99,6 @@ __all__ = [
     "epoch_length",
     "evaluate",
     "mix_floors",
-    "p_greater",
     "routing_weights",
     "screen_pick",
 ]
@@ -399,7 +398,7 @@ def evaluate(
         ev = pair(i, base_i) if base_i is not None else None
         if base_i is not None:
             # screening and display: a normal approximation of the posteriors
-            p_beats = p_greater(post, posts[base_i])
+            p_beats = prob_greater_normal(post, posts[base_i])
         beats = loses = False
         if ev is not None:  # one boundary per pair: (-inf, inf) before any reward
             effect = ev.estimate
@@ -490,8 +489,10 @@ def evaluate(
                 ev_inc = evidence.pair_since_entry(c.candidate_id, inc_id)
             else:
                 ev_inc = pair(i, inc_i)
-            if ev_inc is not None and ev_inc.t and ev_inc.beats(levels[i], rho):
-                over[i] = (ev_inc.s - boundary(ev_inc.v, levels[i], rho)) / ev_inc.t
+            if ev_inc is not None:
+                low = ev_inc.interval(levels[i], rho)[0]  # -inf before any reward
+                if low > 0.0:
+                    over[i] = low
         best_i: int | None = max(over, key=lambda i: over[i]) if over else inc_i
     elif eligible_is:
         best_i = max(eligible_is, key=lambda i: (lower[i], pb[i]))
@@ -543,14 +544,6 @@ def screen_pick(
         if p > top:
             best, top = cid, p
     return best
-
-
-def p_greater(a: Any, b: Any) -> float:
-    """P(a > b) for two posteriors (``mean``, ``sd``) under a normal approximation."""
-    sd = math.sqrt(a.sd * a.sd + b.sd * b.sd)
-    if not sd > 0:
-        return 0.5 if a.mean == b.mean else float(a.mean > b.mean)
-    return 0.5 * (1.0 + math.erf((a.mean - b.mean) / (sd * math.sqrt(2.0))))
 
 
 def _route(

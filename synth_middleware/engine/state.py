@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from synth_middleware.engine.evidence import EvidenceLedger
-from synth_middleware.engine.policy import epoch_length  # per reward: not a lazy import
+from synth_middleware.engine.policy import epoch_length, screen_pick  # per reward/epoch
 from synth_middleware.wire import CandidateItem, CandidateStats, SessionState, clamp_reward
 
 if TYPE_CHECKING:
@@ -416,7 +416,8 @@ class SessionStateMachine:
         of the log. The decision is also the cached policy for this version."""
         decision = self._evaluate(None, None)
         if self._screen(decision):  # the family changed: decide again with the entrant
-            decision = self._evaluate(None, None)
+            # (the posteriors did not change: P(best) is reused, not recomputed on a grid)
+            decision = self._evaluate(None, decision.probabilities())
         self._routing = dict(decision.routing)
         self._pbest = decision.probabilities()
         self._routing_at = self.reward_count
@@ -426,8 +427,6 @@ class SessionStateMachine:
     def _screen(self, decision: PolicyDecision) -> bool:
         """Let the most promising untested challenger into the confirmatory family
         (engine.policy, "Screening"); at most one per epoch. Returns whether one entered."""
-        from synth_middleware.engine.policy import screen_pick
-
         if decision.baseline_id is None or decision.baseline_id not in decision.verdicts:
             return False
         rows = [v for v in decision.verdicts.values() if v.index > 0 and v.prune_reason is None]

@@ -278,42 +278,23 @@ class MiproOptimizer(Optimizer):
     def _examples(traced: Sequence[Trace], limit: int) -> list[Trace]:
         """Up to ``limit`` (``proposer_max_examples``) rollouts with distinct inputs that
         scored above the lowest reward seen, highest first."""
-        rewarded = [t for t in traced if t.reward is not None]
-        if len({t.reward for t in rewarded}) > 1:
-            low = min(t.reward for t in rewarded)  # type: ignore[type-var]
-            rewarded = [t for t in rewarded if t.reward > low]  # type: ignore[operator]
-        rewarded.sort(key=lambda t: -(t.reward or 0.0))
-        out: list[Trace] = []
-        seen: set[str] = set()
-        for t in rewarded:
-            if t.input in seen:
-                continue
-            seen.add(t.input or "")
-            out.append(t)
-            if len(out) >= limit:
-                break
-        return out
+        scored = _scored(traced)
+        if len({r for r, _ in scored}) > 1:
+            low = min(r for r, _ in scored)
+            scored = [(r, t) for r, t in scored if r > low]
+        return _distinct([t for _, t in sorted(scored, key=lambda p: -p[0])], limit)
 
     @staticmethod
     def _failures(traced: Sequence[Trace], limit: int) -> list[Trace]:
-        """Up to ``limit`` (``proposer_max_failures``) recent rollouts with distinct inputs whose reward is
-        below the best seen, lowest first (what the proposer should learn from)."""
-        rewarded = [t for t in traced if t.reward is not None]
-        if not rewarded:
+        """Up to ``limit`` (``proposer_max_failures``) recent rollouts with distinct inputs
+        whose reward is below the best seen, lowest first (what the proposer should learn
+        from)."""
+        scored = _scored(traced)
+        if not scored:
             return []
-        scored = [(t.reward, t) for t in rewarded if t.reward is not None]
         top = max(r for r, _ in scored)
-        low = [t for _, t in sorted((p for p in scored if p[0] < top), key=lambda p: p[0])]
-        out: list[Trace] = []
-        seen: set[str] = set()
-        for t in low:
-            if (t.input or "") in seen:
-                continue
-            seen.add(t.input or "")
-            out.append(t)
-            if len(out) >= limit:
-                break
-        return out
+        low = sorted(((r, t) for r, t in scored if r < top), key=lambda p: p[0])
+        return _distinct([t for _, t in low], limit)
 
     @staticmethod
     def _current_instruction(ctx: RoundContext, pool: Mapping[str, Any]) -> str:
@@ -371,3 +352,23 @@ def _combine(rows: list[tuple[int, float, float]]) -> tuple[int, float, float]:
         m2_tot += m2 + delta * delta * n_tot * n / new
         n_tot = new
     return n_tot, mean_tot, m2_tot
+
+
+def _scored(traces: Sequence[Trace]) -> list[tuple[float, Trace]]:
+    """``(reward, trace)`` of the rewarded traces, in their order."""
+    return [(t.reward, t) for t in traces if t.reward is not None]
+
+
+def _distinct(traces: Sequence[Trace], limit: int) -> list[Trace]:
+    """The first ``limit`` traces with distinct inputs, in order."""
+    out: list[Trace] = []
+    seen: set[str] = set()
+    for t in traces:
+        key = t.input or ""
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(t)
+        if len(out) >= limit:
+            break
+    return out
